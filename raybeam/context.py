@@ -1,0 +1,50 @@
+"""What a running task knows about itself: `TaskContext`, and the current one for this thread."""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+from typing import Any
+
+from raybeam.errors import OutsideTask
+
+
+@dataclasses.dataclass
+class TaskContext:
+    """Passed to a handler that declares a `context` parameter.
+
+    >>> @task_queue()
+    ... def handler(x: int, context: TaskContext | None = None) -> int:
+    ...     return context.attempt if context else 0
+    """
+
+    task_id: str
+    queue: str
+    attempt: int
+    on_start_value: Any = None
+    callback_url: str | None = None
+    timeout: int = 3600
+    storage_url: str = ""
+    #: outputs saved during this attempt: dicts of id, name, key, size; the registry records them
+    saved_outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+_current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(
+    "raybeam_task_context", default=None
+)
+
+
+def current_context() -> TaskContext:
+    """The context of the task running in this thread; `OutsideTask` when none is."""
+    ctx = _current.get()
+    if ctx is None:
+        raise OutsideTask("this works only inside a running raybeam task")
+    return ctx
+
+
+def set_context(ctx: TaskContext | None) -> contextvars.Token[TaskContext | None]:
+    return _current.set(ctx)
+
+
+def reset_context(token: contextvars.Token[TaskContext | None]) -> None:
+    _current.reset(token)
