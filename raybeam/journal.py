@@ -1,0 +1,138 @@
+"""The registry's durable state through fsspec: batched, atomic, replayable.
+
+Layout under `<storage>/registry/`:
+  journal/<seq>.jsonl   one file per committed batch, each line one entry
+  snapshot/<seq>.json   every live entry as of batch <seq>; journal files up to it are removed
+
+An entry is {"t": kind, "k": key, "d": data}; a later entry for the same (kind, key) replaces
+an earlier one and `d = null` deletes it. Each file is written under a temporary name and
+renamed into place, so a crash leaves either the whole batch or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+
+log = logging.getLogger("raybeam.journal")
+
+Entry = dict[str, Any]
+State = dict[tuple[str, str], Any]
+
+
+class Journal:
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.seq = 0
+        self.batches_since_snapshot = 0
+        for sub in ("journal", "snapshot"):
+            self.fs.makedirs(self._p(sub), exist_ok=True)
+
+    def _p(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def _write_atomic(self, path: str, text: str) -> None:
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "w") as f:
+            f.write(text)
+        self.fs.mv(tmp, path)
+
+    def _seq_files(self, sub: str, suffix: str) -> list[tuple[int, str]]:
+        out = []
+        for path in self.fs.ls(self._p(sub), detail=False):
+            name = posixpath.basename(str(path))
+            if name.endswith(suffix) and name[: -len(suffix)].isdigit():
+                out.append((int(name[: -len(suffix)]), str(path)))
+        return sorted(out)
+
+    def load(self) -> tuple[State, list[str]]:
+        """Everything stored, and a list of what was skipped as unreadable."""
+        state: State = {}
+        problems: list[str] = []
+        base = 0
+        for seq, path in reversed(self._seq_files("snapshot", ".json")):
+            try:
+                with self.fs.open(path, "r") as f:
+                    entries = json.load(f)
+                for e in entries:
+                    state[(e["t"], e["k"])] = e["d"]
+                base = seq
+                break
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                problems.append(f"snapshot {posixpath.basename(path)} unreadable ({exc}); skipped")
+                state = {}
+        for seq, path in self._seq_files("journal", ".jsonl"):
+            if seq <= base:
+                continue
+            try:
+                with self.fs.open(path, "r") as f:
+                    lines = f.read().splitlines()
+            except OSError as exc:
+                problems.append(f"journal {posixpath.basename(path)} unreadable ({exc}); skipped")
+                continue
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    e = json.loads(line)
+                    key = (e["t"], e["k"])
+                except (ValueError, KeyError, TypeError):
+                    problems.append(f"journal {posixpath.basename(path)} line {n} unreadable; skipped")
+                    continue
+                if e.get("d") is None:
+                    state.pop(key, None)
+                else:
+                    state[key] = e["d"]
+            self.seq = max(self.seq, seq)
+        self.seq = max(self.seq, base)
+        for problem in problems:
+            log.warning("registry state: %s", problem)
+        return state, problems
+
+    def append(self, entries: Iterable[Entry]) -> int:
+        """Commit one batch durably; returns its sequence number."""
+        text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
+        seq = self.seq + 1
+        self._write_atomic(self._p("journal", f"{seq:016d}.jsonl"), text)
+        self.seq = seq
+        self.batches_since_snapshot += 1
+        return seq
+
+    def snapshot(self, entries: list[Entry], seq: int) -> None:
+        """Store `entries` as the whole state as of batch `seq`, then drop what it replaces."""
+        self._write_atomic(
+            self._p("snapshot", f"{seq:016d}.json"), json.dumps(entries, separators=(",", ":"))
+        )
+        self.batches_since_snapshot = 0
+        for old, path in self._seq_files("journal", ".jsonl"):
+            if old <= seq:
+                self.fs.rm(path)
+        for old, path in self._seq_files("snapshot", ".json"):
+            if old < seq:
+                self.fs.rm(path)
+
+    def store_blob(self, name: str, data: bytes) -> None:
+        path = self._p("blobs", name)
+        if self.fs.exists(path):
+            return
+        self.fs.makedirs(self._p("blobs"), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "wb") as f:
+            f.write(data)
+        self.fs.mv(tmp, path)
+
+    def load_blob(self, name: str) -> bytes | None:
+        path = self._p("blobs", name)
+        try:
+            with self.fs.open(path, "rb") as f:
+                data: bytes = f.read()
+                return data
+        except FileNotFoundError:
+            return None

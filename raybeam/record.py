@@ -1,0 +1,170 @@
+"""The task record, its statuses, and the one table of allowed status transitions."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+
+class TaskStatus(str, enum.Enum):
+    #: enqueued, waiting for a worker
+    PENDING = "PENDING"
+    #: an attempt is running
+    RUNNING = "RUNNING"
+    #: the last attempt failed; another one is queued
+    RETRY = "RETRY"
+    #: finished; the return value is stored
+    COMPLETE = "COMPLETE"
+    #: every allowed attempt failed
+    FAILED = "FAILED"
+    #: cancelled before it finished
+    CANCELLED = "CANCELLED"
+    #: an attempt ran past the task's timeout
+    TIMEOUT = "TIMEOUT"
+    #: waited unstarted past the task's ttl
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    @classmethod
+    def parse(cls, value: TaskStatus | str) -> TaskStatus:
+        """A status from itself or its name, case-insensitive; ValueError names the valid ones."""
+        if isinstance(value, TaskStatus):
+            return value
+        try:
+            return cls(str(value).upper())
+        except ValueError:
+            names = ", ".join(s.value for s in cls)
+            raise ValueError(f"unknown task status {value!r}; expected one of {names}") from None
+
+
+FINAL_STATUSES = frozenset(
+    {
+        TaskStatus.COMPLETE,
+        TaskStatus.FAILED,
+        TaskStatus.CANCELLED,
+        TaskStatus.TIMEOUT,
+        TaskStatus.EXPIRED,
+    }
+)
+
+S = TaskStatus
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.PENDING: frozenset({S.RUNNING, S.CANCELLED, S.EXPIRED}),
+    S.RUNNING: frozenset({S.COMPLETE, S.RETRY, S.FAILED, S.CANCELLED, S.TIMEOUT}),
+    S.RETRY: frozenset({S.RUNNING, S.CANCELLED}),
+    **{final: frozenset() for final in FINAL_STATUSES},
+}
+
+
+class InvalidTransition(Exception):
+    """A status change the lifecycle does not allow (a bug in the caller, never user input)."""
+
+
+def check_transition(old: TaskStatus, new: TaskStatus) -> None:
+    if new not in TRANSITIONS[old]:
+        raise InvalidTransition(f"{old.value} -> {new.value} is not an allowed transition")
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as UTC ISO-8601 with a `Z`."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclasses.dataclass
+class TaskSpec:
+    """What a task runs with, fixed at enqueue: the queue's settings with per-call overrides."""
+
+    function: str  # digest of the queue's pickled function bundle
+    retries: int = 3
+    timeout: int = 3600
+    ttl: int = 7200
+    callback_url: str | None = None
+    ray_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    gpu_types: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class TaskRecord:
+    """One task. Plain data; the registry actor is its only writer."""
+
+    id: str
+    queue: str
+    spec: TaskSpec
+    status: TaskStatus = TaskStatus.PENDING
+    created_at: float = dataclasses.field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    updated_at: float = dataclasses.field(default_factory=time.time)
+    container_id: str | None = None
+    attempts: int = 0
+    #: submissions so far; a report from an older submission is stale and ignored
+    run: int = 0
+    result: Any = None
+    #: base64 of the pickled return value when it is not JSON
+    result_blob: str | None = None
+    failure_reason: str | None = None
+    outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    webhook: dict[str, Any] | None = None
+    history: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.history:
+            self.history.append((self.status.value, self.created_at))
+
+    def transition(self, new: TaskStatus, now: float | None = None) -> None:
+        """Move to `new` through the transition table, stamping the time."""
+        check_transition(self.status, new)
+        now = time.time() if now is None else now
+        self.status = new
+        self.updated_at = now
+        self.history.append((new.value, now))
+        if new is TaskStatus.RUNNING and self.started_at is None:
+            self.started_at = now
+        if new.is_final:
+            self.ended_at = now
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskRecord:
+        data = dict(data)
+        data["spec"] = TaskSpec(**data["spec"])
+        data["status"] = TaskStatus(data["status"])
+        data["history"] = [tuple(h) for h in data.get("history", [])]
+        return cls(**data)
+
+    def info(self, outputs: list[dict[str, Any]], stats: dict[str, int]) -> dict[str, Any]:
+        """The public record of SPEC §3; `outputs` carry freshly signed links."""
+        info: dict[str, Any] = {
+            "id": self.id,
+            "queue": self.queue,
+            "status": self.status.value,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
+            "updated_at": iso(self.updated_at),
+            "container_id": self.container_id,
+            "attempts": self.attempts,
+            "result": self.result,
+            "failure_reason": self.failure_reason,
+            "outputs": outputs,
+            "stats": stats,
+        }
+        if self.spec.callback_url:
+            info["webhook"] = self.webhook or {
+                "url": self.spec.callback_url,
+                "delivered": False,
+                "attempts": [],
+            }
+        return info

@@ -1,0 +1,475 @@
+"""The registry: one detached Ray actor, the single writer of task state.
+
+It owns the Ray tasks it submits (so a client that exits loses nothing), counts attempts,
+enforces retries, timeouts, ttl, cancel and queue caps, and stores every change through the
+journal before it acknowledges it. On a restart it reloads the journal and resubmits every
+task that is not final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import Counter
+from typing import Any
+
+import ray
+
+from raybeam import middleware
+from raybeam.errors import QueueFull, QueueNotFound
+from raybeam.journal import Entry, Journal
+from raybeam.record import TaskRecord, TaskSpec, TaskStatus
+from raybeam.resources import pick_gpu_type
+from raybeam.runner import Attempt, remote_attempt
+from raybeam.storage import Storage
+
+log = logging.getLogger("raybeam.registry")
+
+#: compact the journal into a snapshot after this many batches
+SNAPSHOT_EVERY = 500
+RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
+
+
+def classify_failure(exc: BaseException) -> tuple[str, bool]:
+    """A system failure of an attempt as (failure_reason, retryable)."""
+    ex = ray.exceptions
+    if isinstance(exc, ex.OutOfMemoryError):
+        return f"out of memory: {exc}", True
+    if isinstance(exc, ex.NodeDiedError) or "node" in str(exc).lower() and "died" in str(exc).lower():
+        return f"node lost: {exc}", True
+    if isinstance(exc, ex.WorkerCrashedError):
+        return f"worker crashed: {exc}", True
+    if isinstance(exc, ex.RuntimeEnvSetupError):
+        return f"could not set up the queue's image (runtime_env): {exc}", False
+    if isinstance(exc, ex.TaskCancelledError):
+        return "the attempt was cancelled by Ray", True
+    return f"{type(exc).__name__}: {exc}", True
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000)
+class Registry:
+    def __init__(
+        self, storage_url: str, signing_key: str, public_url: str, output_url_expires: int
+    ) -> None:
+        logging.getLogger("raybeam").setLevel(logging.INFO)
+        self.storage_url = storage_url
+        self.signing_key = signing_key
+        self.public_url = public_url
+        self.output_url_expires = output_url_expires
+        self.storage = Storage(storage_url, signing_key=signing_key or None, public_url=public_url)
+        self.journal = Journal(self.storage.fs, self.storage.path("registry"))
+        state, self.load_problems = self.journal.load()
+        self.queues: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.payloads: dict[str, str] = {}
+        records = []
+        for (kind, key), data in state.items():
+            if kind == "queue":
+                self.queues[key] = data
+            elif kind == "payload":
+                self.payloads[key] = data
+            elif kind == "task":
+                try:
+                    records.append(TaskRecord.from_json(data))
+                except (TypeError, ValueError, KeyError) as exc:
+                    self.load_problems.append(f"task {key} unreadable ({exc}); skipped")
+        for rec in sorted(records, key=lambda r: r.created_at):
+            self.tasks[rec.id] = rec
+        self.depth: Counter[str] = Counter()
+        self.running: Counter[str] = Counter()
+        for rec in self.tasks.values():
+            if not rec.status.is_final:
+                self.depth[rec.queue] += 1
+            if rec.status is RUNNING:
+                self.running[rec.queue] += 1
+        self.refs: dict[str, ray.ObjectRef] = {}
+        self.blob_refs: dict[str, ray.ObjectRef] = {}
+        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.pending_writes: dict[tuple[str, str], Any] = {}
+        self.write_waiters: list[asyncio.Future[None]] = []
+        self.resources: tuple[float, dict[str, float]] = (0.0, {})
+        self.background: set[asyncio.Task[Any]] = set()
+        self.booted = False
+        self.hooks = middleware.load(self)
+        # Resume unfinished work even if no client calls in after a restart.
+        ray.get_runtime_context().current_actor.ping.remote()
+
+    # ---- lifecycle of the actor -------------------------------------------------------
+
+    def _boot(self) -> None:
+        if self.booted:
+            return
+        self.booted = True
+        self.wake = asyncio.Event()
+        self._spawn(self._flush_loop())
+        now = time.time()
+        for rec in list(self.tasks.values()):
+            if rec.status.is_final:
+                continue
+            if rec.id not in self.payloads:
+                rec.failure_reason = "its arguments were not found in storage"
+                self._finish(rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED)
+                continue
+            if rec.status is RUNNING:
+                rec.failure_reason = "the registry restarted during the attempt"
+                self._set_status(rec, RETRY)
+                self._dirty(rec)
+            if rec.status is PENDING:
+                self._schedule_ttl(rec, now)
+            self._submit(rec)
+        for hook in self.hooks:
+            hook.on_boot()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    async def ping(self) -> dict[str, Any]:
+        self._boot()
+        return {"tasks": len(self.tasks), "load_problems": self.load_problems}
+
+    # ---- persistence (group commit) ---------------------------------------------------
+
+    def _dirty(self, rec: TaskRecord) -> None:
+        self.pending_writes[("task", rec.id)] = rec
+
+    async def _persist(self, *records: TaskRecord) -> None:
+        """Return once every change so far (these records' included) is stored."""
+        for rec in records:
+            self._dirty(rec)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.write_waiters.append(fut)
+        self.wake.set()
+        await fut
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if not self.pending_writes and not self.write_waiters:
+                continue
+            batch, waiters = self.pending_writes, self.write_waiters
+            self.pending_writes, self.write_waiters = {}, []
+            entries = [{"t": k[0], "k": k[1], "d": _serialise(v)} for k, v in batch.items()]
+            delay = 0.1
+            while True:
+                try:
+                    if entries:
+                        await asyncio.to_thread(self.journal.append, entries)
+                    break
+                except Exception:
+                    log.exception("could not store registry state; retrying in %.1f s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            if self.journal.batches_since_snapshot >= SNAPSHOT_EVERY:
+                await self._compact()
+
+    async def _compact(self) -> None:
+        entries: list[Entry] = [{"t": "queue", "k": k, "d": v} for k, v in self.queues.items()]
+        entries += [{"t": "payload", "k": k, "d": v} for k, v in self.payloads.items()]
+        entries += [{"t": "task", "k": r.id, "d": r.to_json()} for r in self.tasks.values()]
+        try:
+            await asyncio.to_thread(self.journal.snapshot, entries, self.journal.seq)
+        except Exception:
+            log.exception("could not write a registry snapshot; the journal stays as it is")
+
+    # ---- status changes: the one place counters, refs and hooks follow ------------------
+
+    def _set_status(self, rec: TaskRecord, new: TaskStatus) -> None:
+        old = rec.status
+        rec.transition(new)
+        if old is RUNNING:
+            self.running[rec.queue] -= 1
+        if new is RUNNING:
+            self.running[rec.queue] += 1
+        if new.is_final:
+            self.depth[rec.queue] -= 1
+            self.refs.pop(rec.id, None)
+            if self.payloads.pop(rec.id, None) is not None:
+                self.pending_writes[("payload", rec.id)] = None
+
+    def _finish(self, rec: TaskRecord, status: TaskStatus) -> None:
+        """Make `rec` final; waiters and hooks run once the change is stored."""
+        self._set_status(rec, status)
+        self._spawn(self._after_final(rec))
+
+    async def _after_final(self, rec: TaskRecord) -> None:
+        await self._persist(rec)
+        for fut in self.waiters.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(None)
+        for hook in self.hooks:
+            try:
+                hook.on_final(rec)
+            except Exception:
+                log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
+
+    def _start(self, rec: TaskRecord, container_id: str | None, at: float | None = None) -> None:
+        rec.attempts += 1
+        rec.container_id = container_id or rec.container_id
+        self._set_status(rec, RUNNING)
+        if at is not None and rec.attempts == 1:
+            rec.started_at = min(at, rec.started_at or at)
+        timeout = rec.spec.timeout
+        if timeout > 0:
+            asyncio.get_running_loop().call_later(timeout, self._on_timeout, rec.id, rec.run)
+
+    # ---- submitting attempts ----------------------------------------------------------
+
+    def _cluster_resources(self) -> dict[str, float]:
+        at, res = self.resources
+        if time.monotonic() - at > 5:
+            res = ray.cluster_resources()
+            self.resources = (time.monotonic(), res)
+        return res
+
+    def _blob_ref(self, digest: str) -> ray.ObjectRef | None:
+        ref = self.blob_refs.get(digest)
+        if ref is None:
+            blob = self.journal.load_blob(f"{digest}.pkl")
+            if blob is None:
+                return None
+            ref = self.blob_refs[digest] = ray.put(blob)
+        return ref
+
+    def _submit(self, rec: TaskRecord) -> None:
+        blob = self._blob_ref(rec.spec.function)
+        if blob is None:
+            rec.failure_reason = "the queue's function was not found in storage"
+            self._finish(rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED)
+            return
+        rec.run += 1
+        options = dict(rec.spec.ray_options)
+        if rec.spec.gpu_types:
+            gpu_type = pick_gpu_type(rec.spec.gpu_types, self._cluster_resources())
+            if gpu_type is not None:
+                options["accelerator_type"] = gpu_type
+        attempt = Attempt(
+            task_id=rec.id,
+            queue=rec.queue,
+            run=rec.run,
+            attempt=rec.attempts + 1,
+            payload=self.payloads[rec.id],
+            callback_url=rec.spec.callback_url,
+            timeout=rec.spec.timeout,
+            storage_url=self.storage_url,
+        )
+        ref = remote_attempt.options(name=f"raybeam:{rec.queue}", **options).remote(
+            rec.spec.function, blob, attempt
+        )
+        self.refs[rec.id] = ref
+        self._spawn(self._watch(rec.id, rec.run, ref))
+
+    async def _watch(self, task_id: str, run: int, ref: ray.ObjectRef) -> None:
+        try:
+            outcome: dict[str, Any] = await ref
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            reason, retryable = classify_failure(exc)
+            outcome = {"ok": False, "retryable": retryable, "error": reason, "outputs": []}
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.run != run or rec.status.is_final:
+            return
+        if rec.status is not RUNNING:  # the start report lost the race with the result
+            self._start(rec, outcome.get("container_id"), outcome.get("started_at"))
+        rec.outputs.extend(outcome.get("outputs") or [])
+        if outcome["ok"]:
+            rec.result = outcome["result"]
+            rec.result_blob = outcome["result_blob"]
+            rec.failure_reason = None
+            self._finish(rec, TaskStatus.COMPLETE)
+            return
+        rec.failure_reason = outcome["error"]
+        if outcome["retryable"] and rec.attempts <= rec.spec.retries:
+            self._set_status(rec, RETRY)
+            await self._persist(rec)
+            if rec.status is RETRY:  # not cancelled while storing
+                self._submit(rec)
+        else:
+            self._finish(rec, TaskStatus.FAILED)
+
+    def _on_timeout(self, task_id: str, run: int) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.run != run or rec.status is not RUNNING:
+            return
+        rec.failure_reason = f"attempt {rec.attempts} ran past the timeout of {rec.spec.timeout} s"
+        self._kill(rec)
+        self._finish(rec, TaskStatus.TIMEOUT)
+
+    def _schedule_ttl(self, rec: TaskRecord, now: float) -> None:
+        delay = max(0.0, rec.created_at + rec.spec.ttl - now)
+        asyncio.get_running_loop().call_later(delay, self._on_ttl, rec.id)
+
+    def _on_ttl(self, task_id: str) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.status is not PENDING:
+            return
+        rec.failure_reason = f"not started within its ttl of {rec.spec.ttl} s"
+        self._kill(rec)
+        self._finish(rec, TaskStatus.EXPIRED)
+
+    def _kill(self, rec: TaskRecord) -> None:
+        ref = self.refs.pop(rec.id, None)
+        if ref is not None:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                log.warning("could not cancel the Ray task of %s", rec.id, exc_info=True)
+
+    # ---- the API that Python, HTTP and the CLI call -----------------------------------
+
+    async def register_queue(self, definition: dict[str, Any], blob: bytes) -> None:
+        self._boot()
+        digest = definition["spec"]["function"]
+        await asyncio.to_thread(self.journal.store_blob, f"{digest}.pkl", blob)
+        self.blob_refs.setdefault(digest, ray.put(blob))
+        self.queues[definition["name"]] = definition
+        self.pending_writes[("queue", definition["name"])] = definition
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.write_waiters.append(fut)
+        self.wake.set()
+        await fut
+
+    async def queue_info(self, name: str) -> dict[str, Any] | None:
+        self._boot()
+        return self.queues.get(name)
+
+    async def submit(self, queue: str, items: list[dict[str, Any]]) -> list[str]:
+        """Store new tasks, then start them. Items: {"id", "payload", "overrides"}."""
+        self._boot()
+        definition = self.queues.get(queue)
+        if definition is None:
+            raise QueueNotFound(f"no queue named {queue!r} is registered")
+        new = [it for it in items if it["id"] not in self.tasks]
+        cap = definition["max_pending_tasks"]
+        if self.depth[queue] + len(new) > cap:
+            raise QueueFull(
+                f"queue {queue!r} holds {self.depth[queue]} unfinished tasks; its "
+                f"max_pending_tasks is {cap}, so {len(new)} more do not fit. Wait for tasks "
+                "to finish or raise max_pending_tasks."
+            )
+        now = time.time()
+        records = []
+        for item in new:
+            spec = TaskSpec(**{**definition["spec"], **item.get("overrides", {})})
+            rec = TaskRecord(id=item["id"], queue=queue, spec=spec, created_at=now, updated_at=now)
+            self.tasks[rec.id] = rec
+            self.payloads[rec.id] = item["payload"]
+            self.pending_writes[("payload", rec.id)] = item["payload"]
+            self.depth[queue] += 1
+            records.append(rec)
+        await self._persist(*records)
+        for rec in records:
+            if rec.status is PENDING:
+                self._schedule_ttl(rec, now)
+                self._submit(rec)
+        return [it["id"] for it in items]
+
+    async def started(self, task_id: str, run: int, container_id: str) -> None:
+        self._boot()
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.run != run or rec.status not in (PENDING, RETRY):
+            return
+        self._start(rec, container_id)
+        await self._persist(rec)
+
+    async def cancel(self, task_ids: list[str]) -> list[str]:
+        self._boot()
+        cancelled = []
+        for task_id in task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is None or rec.status.is_final:
+                continue
+            rec.failure_reason = "cancelled"
+            self._kill(rec)
+            self._finish(rec, TaskStatus.CANCELLED)
+            cancelled.append(task_id)
+        if cancelled:
+            await self._persist()
+        return cancelled
+
+    def _stats(self, queue: str) -> dict[str, int]:
+        return {"active_containers": self.running[queue], "queue_depth": self.depth[queue]}
+
+    def _info(self, rec: TaskRecord) -> dict[str, Any]:
+        outputs = [hook_out for hook in self.hooks for hook_out in hook.public_outputs(rec)]
+        return rec.info(outputs, self._stats(rec.queue))
+
+    async def get(self, task_id: str) -> dict[str, Any] | None:
+        self._boot()
+        rec = self.tasks.get(task_id)
+        return None if rec is None else self._info(rec)
+
+    async def exists(self, task_ids: list[str]) -> list[bool]:
+        self._boot()
+        return [t in self.tasks for t in task_ids]
+
+    async def statuses(self, task_ids: list[str]) -> dict[str, str | None]:
+        self._boot()
+        out: dict[str, str | None] = {}
+        for t in task_ids:
+            rec = self.tasks.get(t)
+            out[t] = None if rec is None else rec.status.value
+        return out
+
+    async def wait_final(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
+        """The record once final, or as it is when `timeout` seconds pass first."""
+        self._boot()
+        rec = self.tasks.get(task_id)
+        if rec is None:
+            return None
+        if not rec.status.is_final:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.waiters.setdefault(task_id, []).append(fut)
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.TimeoutError:
+                pass
+        info = self._info(rec)
+        info["result_blob"] = rec.result_blob
+        return info
+
+    async def list(
+        self, queue: str | None, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Records newest first; `cursor` is the id of the last record of the previous page."""
+        self._boot()
+        out: list[dict[str, Any]] = []
+        passed = cursor is None
+        for rec in reversed(self.tasks.values()):
+            if not passed:
+                passed = rec.id == cursor
+                continue
+            if queue is not None and rec.queue != queue:
+                continue
+            if status is not None and rec.status.value != status:
+                continue
+            if len(out) == limit:
+                return out, out[-1]["id"]
+            out.append(self._info(rec))
+        return out, None
+
+    async def queue_stats(self) -> dict[str, dict[str, Any]]:
+        self._boot()
+        counts: dict[str, Counter[str]] = {name: Counter() for name in self.queues}
+        for rec in self.tasks.values():
+            counts.setdefault(rec.queue, Counter())[rec.status.value] += 1
+        return {
+            name: {**self._stats(name), "by_status": dict(c)} for name, c in counts.items()
+        }
+
+
+def _serialise(value: Any) -> Any:
+    if isinstance(value, TaskRecord):
+        return value.to_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value

@@ -1,0 +1,149 @@
+"""What runs inside a Ray worker for one attempt: context, scratch folder, result, reporting."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+import ray
+
+from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
+from raybeam.context import TaskContext, reset_context, set_context
+
+log = logging.getLogger("raybeam.runner")
+
+
+@dataclasses.dataclass
+class FunctionBundle:
+    """What a queue runs: the handler and how to call it. Pickled by value on the client."""
+
+    fn: Callable[..., Any]
+    retry_for: tuple[type[BaseException], ...] | None
+    wants_context: bool
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One submission of a task, as the registry hands it to a worker."""
+
+    task_id: str
+    queue: str
+    run: int
+    attempt: int
+    payload: str
+    callback_url: str | None
+    timeout: int
+    storage_url: str
+
+
+_bundles: dict[str, FunctionBundle] = {}
+_registry: Any = None
+
+
+def load_bundle(digest: str, blob: bytes) -> FunctionBundle:
+    bundle = _bundles.get(digest)
+    if bundle is None:
+        bundle = cloudpickle.loads(blob)
+        _bundles[digest] = bundle
+    return bundle
+
+
+def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return base64.b64encode(cloudpickle.dumps((args, kwargs))).decode()
+
+
+def decode_payload(payload: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs = cloudpickle.loads(base64.b64decode(payload))
+    return tuple(args), dict(kwargs)
+
+
+def encode_result(value: Any) -> tuple[Any, str | None]:
+    """The value as JSON when it is JSON, else None plus the pickled value."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value, None
+    except (TypeError, ValueError):
+        return None, base64.b64encode(cloudpickle.dumps(value)).decode()
+
+
+def decode_result(result: Any, blob: str | None) -> Any:
+    if blob is not None:
+        return cloudpickle.loads(base64.b64decode(blob))
+    return result
+
+
+def _report_started(task_id: str, run: int, container_id: str) -> None:
+    global _registry
+    try:
+        if _registry is None:
+            _registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+        _registry.started.remote(task_id, run, container_id)
+    except Exception:  # the registry learns of the start from the result instead
+        log.warning("could not report the start of task %s", task_id, exc_info=True)
+
+
+def call_handler(bundle: FunctionBundle, attempt: Attempt, on_start_value: Any = None) -> dict[str, Any]:
+    """Run the handler once in a fresh scratch folder and describe how it ended."""
+    args, kwargs = decode_payload(attempt.payload)
+    ctx = TaskContext(
+        task_id=attempt.task_id,
+        queue=attempt.queue,
+        attempt=attempt.attempt,
+        on_start_value=on_start_value,
+        callback_url=attempt.callback_url,
+        timeout=attempt.timeout,
+        storage_url=attempt.storage_url,
+    )
+    if bundle.wants_context:
+        kwargs["context"] = ctx
+    scratch = tempfile.mkdtemp(prefix=f"raybeam-{attempt.task_id[:8]}-")
+    previous_cwd = os.getcwd()
+    token = set_context(ctx)
+    os.chdir(scratch)
+    try:
+        value = bundle.fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = asyncio.run(_await(value))
+        result, blob = encode_result(value)
+        return {"ok": True, "result": result, "result_blob": blob, "outputs": ctx.saved_outputs}
+    except Exception as exc:
+        retryable = bundle.retry_for is None or isinstance(exc, bundle.retry_for)
+        return {
+            "ok": False,
+            "retryable": retryable,
+            "error": traceback.format_exc(),
+            "outputs": ctx.saved_outputs,
+        }
+    finally:
+        os.chdir(previous_cwd)
+        reset_context(token)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _await(value: Any) -> Any:
+    return await value
+
+
+def run_attempt(digest: str, blob: bytes, attempt: Attempt) -> dict[str, Any]:
+    """The body of the Ray task the registry submits for each attempt of a plain queue."""
+    started_at = time.time()
+    container_id = ray.get_runtime_context().get_worker_id()
+    _report_started(attempt.task_id, attempt.run, container_id)
+    outcome = call_handler(load_bundle(digest, blob), attempt)
+    outcome.update(container_id=container_id, started_at=started_at)
+    return outcome
+
+
+remote_attempt = ray.remote(max_retries=0)(run_attempt)

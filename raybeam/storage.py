@@ -1,0 +1,385 @@
+"""The filesystem behind `RAYBEAM_STORAGE` (SPEC §5), through fsspec, and the links to its files.
+
+One URL names everything: a local folder, `file://...`, `s3://bucket/prefix` or any other
+fsspec protocol. Outputs live under `outputs/`, the signing key under `keys/`.
+Storage that can presign (S3) hands out presigned URLs; any other gets HMAC-signed links to
+the HTTP API's `/output/id/<output_id>` route, which checks them with `verify_local_link`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import hmac
+import logging
+import math
+import os
+import secrets
+import threading
+import time
+from collections import defaultdict
+from typing import IO, Any
+from urllib.parse import urlencode
+
+import fsspec
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
+
+from raybeam import config
+
+logger = logging.getLogger(__name__)
+
+OUTPUTS = "outputs"
+SIGNING_KEY = "keys/signing_key"
+
+_S3_PROTOCOLS = ("s3", "s3a")
+_LOCAL_PROTOCOLS = (None, "file", "local")
+# Object stores have no folders to create, and `makedirs` there costs a request.
+_OBJECT_STORES = frozenset({*_S3_PROTOCOLS, "gs", "gcs", "az", "abfs", "abfss"})
+
+# s3fs reads up to `max_concurrency` parts of `chunksize` into memory at once (50 MiB x 10 by
+# default: a 500 MiB peak); these keep an upload of any size under ~32 MiB.
+_S3_PART_SIZE = 8 * 2**20
+_S3_PARTS_IN_FLIGHT = 4
+_S3_MAX_PARTS = 10_000
+
+
+class Storage:
+    """An fsspec filesystem rooted at one URL, with keys ('/'-separated, relative) below it.
+
+    >>> storage = Storage("s3://my-bucket/raybeam")  # doctest: +SKIP
+    >>> storage.put_bytes("outputs/q/t/o/a.txt", b"hi")  # doctest: +SKIP
+    >>> storage.signed_url("outputs/q/t/o/a.txt", "o", expires_in=3600)  # doctest: +SKIP
+    'https://my-bucket.s3.amazonaws.com/raybeam/outputs/q/t/o/a.txt?X-Amz-Algorithm=...'
+    """
+
+    fs: AbstractFileSystem
+    root: str
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        signing_key: str | None = None,
+        public_url: str | None = None,
+        s3_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.url = url
+        self._init_args = (url, signing_key, public_url, s3_options)
+        self._protocol = fsspec.core.split_protocol(url)[0]
+        options: dict[str, Any] = {}
+        if self._protocol in _S3_PROTOCOLS:
+            options = _s3_options(s3_options)
+        elif self._protocol in _LOCAL_PROTOCOLS:
+            options = {"auto_mkdir": True}
+        self.fs, root = fsspec.core.url_to_fs(url, **options)
+        self.root = root.rstrip("/")
+        self.public_url = public_url.rstrip("/") if public_url else None
+        self._configured_key = signing_key.encode() if signing_key else None
+        self._signing_key: bytes | None = None
+        self._key_lock = threading.Lock()
+        self._can_presign: bool | None = None
+
+    def __repr__(self) -> str:
+        return f"Storage({self.url!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # travels to Ray workers and actors as its arguments; each side builds its own fs
+        return (_rebuild, self._init_args)
+
+    def path(self, key: str) -> str:
+        """The path inside `fs` of a relative key such as `outputs/q/t/o/a.txt`."""
+        key = key.strip("/")
+        return f"{self.root}/{key}" if key else self.root
+
+    def put_file(self, local_path: str | os.PathLike[str], key: str) -> None:
+        """Upload a local file, streamed: memory use does not grow with the file's size."""
+        path = self.path(key)
+        if self._protocol in _S3_PROTOCOLS:
+            size = os.path.getsize(local_path)
+            part = max(_S3_PART_SIZE, math.ceil(size / _S3_MAX_PARTS))
+            self.fs.put_file(
+                os.fspath(local_path), path, chunksize=part, max_concurrency=_S3_PARTS_IN_FLIGHT
+            )
+        else:
+            self._make_parent(path)
+            self.fs.put_file(os.fspath(local_path), path)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        path = self.path(key)
+        self._make_parent(path)
+        self.fs.pipe_file(path, data)
+
+    def open(self, key: str, mode: str = "rb") -> IO[Any]:
+        path = self.path(key)
+        if any(m in mode for m in "wax"):
+            self._make_parent(path)
+        f: IO[Any] = self.fs.open(path, mode)
+        return f
+
+    def exists(self, key: str) -> bool:
+        return bool(self.fs.exists(self.path(key)))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def rm(self, key: str, recursive: bool = False) -> None:
+        self.fs.rm(self.path(key), recursive=recursive)
+
+    def find_output(self, output_id: str) -> str | None:
+        """The key of the output with this id (`outputs/<queue>/<task_id>/<output_id>/<name>`)."""
+        if not _is_hex(output_id):
+            return None
+        found = self.fs.glob(self.path(f"{OUTPUTS}/*/*/{output_id}/*"))
+        return _relative(self, found[0]) if found else None
+
+    # -- signing -----------------------------------------------------------------------------
+
+    def signing_key(self) -> bytes:
+        """The key that signs local links and webhooks.
+
+        `RAYBEAM_SIGNING_KEY` (or the constructor's) when set; otherwise the one persisted at
+        `keys/signing_key`, generated on first use. It is stored as hex text and used as the
+        bytes of that text, so copying the file's content into `RAYBEAM_SIGNING_KEY` keeps
+        every existing link and webhook signature valid.
+        """
+        if self._configured_key is not None:
+            return self._configured_key
+        with self._key_lock:
+            if self._signing_key is None:
+                self._signing_key = self._load_or_create_key()
+            return self._signing_key
+
+    def _load_or_create_key(self) -> bytes:
+        path = self.path(SIGNING_KEY)
+        for _ in range(50):
+            key = self._read_key(path)
+            if key:
+                return key
+            self._create_once(path, secrets.token_hex(32).encode())
+            key = self._read_key(path)
+            if key:
+                return key
+            time.sleep(0.01)  # another process created the file but has not written it yet
+        raise OSError(f"could not read or create the signing key at {path!r} in {self.url}")
+
+    def _read_key(self, path: str) -> bytes | None:
+        try:
+            data = bytes(self.fs.cat_file(path)).strip()
+        except FileNotFoundError:
+            return None
+        return data or None
+
+    def _create_once(self, path: str, data: bytes) -> None:
+        """Write `data` at `path` unless something is there already; racing writers agree."""
+        self._make_parent(path)
+        if isinstance(self.fs, LocalFileSystem):
+            # link() publishes a complete file, and only if none exists yet
+            tmp = f"{path}.{secrets.token_hex(8)}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
+            return
+        try:
+            with self.fs.open(path, "xb") as f:  # S3: a conditional PUT (If-None-Match: *)
+                f.write(data)
+        except FileExistsError:
+            pass
+        except (ValueError, NotImplementedError, TypeError):
+            # no exclusive create here: the last writer wins, and everyone re-reads it
+            self.fs.pipe_file(path, data)
+
+    @property
+    def can_presign(self) -> bool:
+        """True when the filesystem makes its own expiring URLs (s3fs does; local disk does not)."""
+        if self._can_presign is None:
+            if type(self.fs).sign is AbstractFileSystem.sign:
+                self._can_presign = False
+            else:
+                try:
+                    self.fs.sign(self.path(SIGNING_KEY), expiration=60)
+                    self._can_presign = True
+                except NotImplementedError:
+                    self._can_presign = False
+        return self._can_presign
+
+    def signed_url(self, key: str, output_id: str, expires_in: int) -> str:
+        """A URL that downloads `key` for `expires_in` seconds.
+
+        Presigned by the filesystem when it can; otherwise
+        `<public_url>/output/id/<output_id>?expires=<unix>&signature=<hmac>`, which the HTTP API
+        serves after `verify_local_link`.
+        """
+        if expires_in <= 0:
+            raise ValueError(f"expires_in must be a positive number of seconds, got {expires_in}")
+        if self.can_presign:
+            return str(self.fs.sign(self.path(key), expiration=int(expires_in)))
+        expires = int(time.time()) + int(expires_in)
+        base = self.public_url or config.settings().base_url
+        query = urlencode(
+            {"expires": expires, "signature": self._link_signature(output_id, expires)}
+        )
+        return f"{base}/output/id/{output_id}?{query}"
+
+    def verify_local_link(
+        self, output_id: str, expires: str | int, signature: str, now: float | None = None
+    ) -> bool:
+        """True when a local link's `expires` and `signature` are ours and not past; never raises."""
+        try:
+            if isinstance(expires, str):
+                if not expires.isdigit():
+                    return False
+                expires = int(expires)
+            if not isinstance(expires, int) or isinstance(expires, bool):
+                return False
+            if not isinstance(output_id, str) or not isinstance(signature, str):
+                return False
+            expected = self._link_signature(output_id, expires)
+            valid = hmac.compare_digest(expected.encode(), signature.encode())
+            current = time.time() if now is None else now
+            return valid and expires >= current
+        except Exception:
+            # a link check answers yes or no; a storage outage here is logged and refused
+            logger.warning("could not verify a link to output %r", output_id, exc_info=True)
+            return False
+
+    def _link_signature(self, output_id: str, expires: int) -> str:
+        message = f"{output_id}.{expires}".encode()
+        return hmac.new(self.signing_key(), message, hashlib.sha256).hexdigest()
+
+    def _make_parent(self, path: str) -> None:
+        if self._protocol not in _OBJECT_STORES:
+            self.fs.makedirs(self.fs._parent(path), exist_ok=True)
+
+
+def _rebuild(
+    url: str, signing_key: str | None, public_url: str | None, s3_options: dict[str, Any] | None
+) -> Storage:
+    return Storage(url, signing_key=signing_key, public_url=public_url, s3_options=s3_options)
+
+
+def _s3_options(given: dict[str, Any] | None) -> dict[str, Any]:
+    """s3fs options with SigV4 signing and the endpoint from the environment when set."""
+    options = dict(given or {})
+    config_kwargs = dict(options.get("config_kwargs") or {})
+    # Presigned URLs for custom endpoints (MinIO, moto, R2...) must be SigV4.
+    config_kwargs.setdefault("signature_version", "s3v4")
+    options["config_kwargs"] = config_kwargs
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and not options.get("endpoint_url"):
+        client_kwargs.setdefault("endpoint_url", endpoint)
+    options["client_kwargs"] = client_kwargs
+    return options
+
+
+_storages: dict[tuple[str, str, str], Storage] = {}
+_storages_lock = threading.Lock()
+
+
+def storage_from_settings(url: str | None = None) -> Storage:
+    """The Storage for `url` (default: `RAYBEAM_STORAGE`) with the configured signing key and
+    public URL; one instance per URL and settings in each process.
+
+    >>> storage_from_settings().signed_url(key, output_id, 3600)  # doctest: +SKIP
+    """
+    current = config.settings()
+    url = url or current.storage_url
+    cache_key = (url, current.signing_key, current.base_url)
+    with _storages_lock:
+        storage = _storages.get(cache_key)
+        if storage is None:
+            storage = Storage(
+                url, signing_key=current.signing_key or None, public_url=current.base_url
+            )
+            _storages[cache_key] = storage
+        return storage
+
+
+# -- retention ------------------------------------------------------------------------------
+
+
+def sweep_outputs(storage: Storage, older_than_seconds: float, now: float | None = None) -> int:
+    """Remove every output folder (`outputs/<queue>/<task_id>/<output_id>/`) whose newest file
+    is older than `older_than_seconds`; return how many were removed.
+
+    >>> sweep_outputs(storage_from_settings(), older_than_seconds=7 * 86400)  # doctest: +SKIP
+    3
+    """
+    cutoff = (time.time() if now is None else now) - older_than_seconds
+    outputs_root = storage.path(OUTPUTS)
+    try:
+        files: dict[str, dict[str, Any]] = storage.fs.find(outputs_root, detail=True)
+    except FileNotFoundError:
+        return 0
+    newest: dict[str, float] = defaultdict(lambda: -math.inf)
+    undated: set[str] = set()
+    for path, info in files.items():
+        parts = _relative(storage, path).split("/")
+        if len(parts) < 5:  # not inside an output folder: leave it alone
+            continue
+        folder = "/".join(parts[:4])
+        modified = _modified_time(info)
+        if modified is None:
+            undated.add(folder)
+        else:
+            newest[folder] = max(newest[folder], modified)
+    removed = 0
+    for folder, modified in sorted(newest.items()):
+        if folder in undated or modified >= cutoff:
+            continue
+        storage.rm(folder, recursive=True)
+        removed += 1
+        _remove_empty_parents(storage, folder)
+    return removed
+
+
+def _remove_empty_parents(storage: Storage, folder: str) -> None:
+    if storage._protocol in _OBJECT_STORES:
+        return  # prefixes vanish with their last object
+    parts = folder.split("/")
+    for depth in (3, 2):  # the task folder, then the queue folder
+        path = storage.path("/".join(parts[:depth]))
+        try:
+            if storage.fs.ls(path, detail=False):
+                return
+            storage.fs.rmdir(path)
+        except OSError:
+            return
+
+
+def _modified_time(info: dict[str, Any]) -> float | None:
+    for name in ("mtime", "LastModified", "last_modified", "modified", "updated", "created"):
+        value = info.get(name)
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is None:
+                value = value.replace(tzinfo=datetime.timezone.utc)
+            return value.timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                parsed = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+            return parsed.timestamp()
+    return None
+
+
+def _relative(storage: Storage, path: str) -> str:
+    path = storage.fs._strip_protocol(path).rstrip("/")
+    root = storage.fs._strip_protocol(storage.root).rstrip("/")
+    if root and path.startswith(root + "/"):
+        return path[len(root) + 1 :]
+    return path.lstrip("/") if not root else path
+
+
+def _is_hex(value: str) -> bool:
+    return bool(value) and len(value) <= 64 and all(c in "0123456789abcdef" for c in value)

@@ -1,0 +1,134 @@
+"""`Task`, a read handle on one task; `get_task`, `list_tasks` and `wait`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from raybeam import connection
+from raybeam.errors import TaskCancelled, TaskExpired, TaskFailed, TaskNotFound, TaskTimeout
+from raybeam.record import TaskStatus
+from raybeam.runner import decode_result
+
+_ERRORS: dict[TaskStatus, type[Exception]] = {
+    TaskStatus.CANCELLED: TaskCancelled,
+    TaskStatus.TIMEOUT: TaskTimeout,
+    TaskStatus.EXPIRED: TaskExpired,
+}
+
+
+class Task:
+    """A handle on one task; every read asks the registry afresh.
+
+    >>> task = handler.put(x=10)  # doctest: +SKIP
+    >>> task.result(timeout=60)  # doctest: +SKIP
+    {'result': 20}
+    """
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+
+    def __str__(self) -> str:
+        return self.id
+
+    def __repr__(self) -> str:
+        return f"Task({self.id!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Task) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def info(self) -> dict[str, Any]:
+        """The task record of SPEC §3, output links signed afresh."""
+        info: dict[str, Any] | None = connection.call("get", self.id)
+        if info is None:
+            raise TaskNotFound(f"no task with id {self.id!r}")
+        return info
+
+    def status(self) -> TaskStatus:
+        return TaskStatus(self.info()["status"])
+
+    def outputs(self) -> list[dict[str, Any]]:
+        """The saved outputs as `{name, url, expires_in}`, links signed afresh."""
+        outputs: list[dict[str, Any]] = self.info()["outputs"]
+        return outputs
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the task to end and return its value, or raise what ended it.
+
+        Raises TaskFailed, TaskCancelled, TaskTimeout or TaskExpired for those statuses, and
+        the builtin TimeoutError when `timeout` seconds pass first.
+        """
+        info = connection.call("wait_final", self.id, timeout)
+        if info is None:
+            raise TaskNotFound(f"no task with id {self.id!r}")
+        status = TaskStatus(info["status"])
+        if not status.is_final:
+            raise TimeoutError(f"task {self.id} is still {status.value} after {timeout} s")
+        if status is TaskStatus.COMPLETE:
+            return decode_result(info["result"], info.get("result_blob"))
+        if status is TaskStatus.FAILED:
+            raise TaskFailed(self.id, info["failure_reason"])
+        raise _ERRORS[status](f"task {self.id} ended {status.value}: {info['failure_reason'] or ''}".rstrip(": "))
+
+    def cancel(self) -> None:
+        """Cancel the task if it is not final yet (a running attempt is stopped)."""
+        connection.call("cancel", [self.id])
+
+
+def get_task(task_id: str) -> Task:
+    """A handle on an existing task; TaskNotFound at once for an unknown id."""
+    if not connection.call("exists", [task_id])[0]:
+        raise TaskNotFound(f"no task with id {task_id!r}")
+    return Task(task_id)
+
+
+def list_tasks(
+    queue: str | None = None, status: TaskStatus | str | None = None, limit: int = 100
+) -> list[Task]:
+    """Tasks newest first, optionally of one queue and/or one status."""
+    wanted = TaskStatus.parse(status).value if status is not None else None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    infos, _ = connection.call("list", queue, wanted, limit, None)
+    return [Task(i["id"]) for i in infos]
+
+
+def wait(
+    tasks: Sequence[Task], progress: bool = False, timeout: float | None = None
+) -> list[Task]:
+    """Block until every task is final; with `progress`, show a bar (terminal or notebook).
+
+    Returns the tasks; TimeoutError when `timeout` seconds pass first.
+    """
+    ids = [t.id for t in tasks]
+    remaining = set(ids)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="tasks", unit="task")
+    try:
+        delay = 0.05
+        while remaining:
+            statuses: dict[str, str | None] = connection.call("statuses", sorted(remaining))
+            done = {i for i, s in statuses.items() if s is None or TaskStatus(s).is_final}
+            if done:
+                remaining -= done
+                if bar is not None:
+                    bar.update(len(done))
+                delay = 0.05
+            if not remaining:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{len(remaining)} of {len(ids)} tasks not final after {timeout} s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+    finally:
+        if bar is not None:
+            bar.close()
+    return list(tasks)
