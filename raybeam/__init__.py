@@ -32,35 +32,35 @@ from raybeam.task import Task, get_task, list_tasks, wait
 from raybeam.webhooks import InvalidCallbackUrl, InvalidWebhookSignature, verify_webhook
 
 __all__ = [
-    # defining and enqueueing
-    "task_queue",
-    "TaskQueue",
     "Image",
-    "TaskContext",
+    "InvalidArguments",
+    "InvalidCallbackUrl",
+    "InvalidConfiguration",
+    "InvalidOutputPath",
+    "InvalidWebhookSignature",
     "Output",
-    # reading tasks
-    "Task",
-    "TaskStatus",
-    "get_task",
-    "list_tasks",
-    "wait",
-    # configuration and webhooks
-    "configure",
-    "settings",
-    "verify_webhook",
-    # errors
-    "RaybeamError",
-    "TaskFailed",
-    "TaskCancelled",
-    "TaskTimeout",
-    "TaskExpired",
+    "OutsideTask",
     "QueueFull",
     "QueueNotFound",
+    # errors
+    "RaybeamError",
+    # reading tasks
+    "Task",
+    "TaskCancelled",
+    "TaskContext",
+    "TaskExpired",
+    "TaskFailed",
     "TaskNotFound",
-    "InvalidOutputPath",
-    "InvalidArguments",
-    "InvalidConfiguration",
-    "InvalidCallbackUrl",
-    "InvalidWebhookSignature",
-    "OutsideTask",
+    "TaskQueue",
+    "TaskStatus",
+    "TaskTimeout",
+    # configuration and webhooks
+    "configure",
+    "get_task",
+    "list_tasks",
+    "settings",
+    # defining and enqueueing
+    "task_queue",
+    "verify_webhook",
+    "wait",
 ]

@@ -39,7 +39,8 @@ def ensure_ray() -> None:
 
 def _session() -> str:
     ensure_ray()
-    return str(ray.get_runtime_context().get_job_id()) + ray.get_runtime_context().gcs_address
+    ctx = ray.get_runtime_context()
+    return f"{ctx.get_job_id()}@{ctx.gcs_address}"
 
 
 def registry() -> Any:

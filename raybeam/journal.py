@@ -84,7 +84,9 @@ class Journal:
                     e = json.loads(line)
                     key = (e["t"], e["k"])
                 except (ValueError, KeyError, TypeError):
-                    problems.append(f"journal {posixpath.basename(path)} line {n} unreadable; skipped")
+                    problems.append(
+                        f"journal {posixpath.basename(path)} line {n} unreadable; skipped"
+                    )
                     continue
                 if e.get("d") is None:
                     state.pop(key, None)

@@ -145,7 +145,7 @@ class TaskQueue(Generic[P, R]):
         if self._definition is None:
             c = self.config
             bundle = FunctionBundle(
-                fn=self.fn,  # type: ignore[arg-type]
+                fn=self.fn,
                 retry_for=c.retry_for,
                 wants_context=self._wants_context,
             )
@@ -297,6 +297,7 @@ def task_queue(
     """
 
     def wrap(f: Callable[P, R]) -> TaskQueue[P, R]:
+        retry_tuple: tuple[type[BaseException], ...] | None
         if retry_for is None:
             retry_tuple = None
         elif isinstance(retry_for, type):

@@ -9,6 +9,7 @@ task that is not final.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -37,7 +38,11 @@ def classify_failure(exc: BaseException) -> tuple[str, bool]:
     ex = ray.exceptions
     if isinstance(exc, ex.OutOfMemoryError):
         return f"out of memory: {exc}", True
-    if isinstance(exc, ex.NodeDiedError) or "node" in str(exc).lower() and "died" in str(exc).lower():
+    if (
+        isinstance(exc, ex.NodeDiedError)
+        or ("node" in str(exc).lower()
+        and "died" in str(exc).lower())
+    ):
         return f"node lost: {exc}", True
     if isinstance(exc, ex.WorkerCrashedError):
         return f"worker crashed: {exc}", True
@@ -48,7 +53,9 @@ def classify_failure(exc: BaseException) -> tuple[str, bool]:
     return f"{type(exc).__name__}: {exc}", True
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000)
+@ray.remote(  # type: ignore[call-overload]
+    num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000
+)
 class Registry:
     def __init__(
         self, storage_url: str, signing_key: str, public_url: str, output_url_expires: int
@@ -84,9 +91,10 @@ class Registry:
                 self.depth[rec.queue] += 1
             if rec.status is RUNNING:
                 self.running[rec.queue] += 1
-        self.refs: dict[str, ray.ObjectRef] = {}
-        self.blob_refs: dict[str, ray.ObjectRef] = {}
+        self.refs: dict[str, ray.ObjectRef[Any]] = {}
+        self.blob_refs: dict[str, ray.ObjectRef[Any]] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.pending_writes: dict[tuple[str, str], Any] = {}
         self.write_waiters: list[asyncio.Future[None]] = []
         self.resources: tuple[float, dict[str, float]] = (0.0, {})
@@ -110,7 +118,9 @@ class Registry:
                 continue
             if rec.id not in self.payloads:
                 rec.failure_reason = "its arguments were not found in storage"
-                self._finish(rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED)
+                self._finish(
+                    rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED
+                )
                 continue
             if rec.status is RUNNING:
                 rec.failure_reason = "the registry restarted during the attempt"
@@ -185,6 +195,14 @@ class Registry:
     def _set_status(self, rec: TaskRecord, new: TaskStatus) -> None:
         old = rec.status
         rec.transition(new)
+        for fut in self.watchers.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(None)
+        for hook in self.hooks:
+            try:
+                hook.on_transition(rec, old, new)
+            except Exception:
+                log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
         if old is RUNNING:
             self.running[rec.queue] -= 1
         if new is RUNNING:
@@ -226,11 +244,11 @@ class Registry:
     def _cluster_resources(self) -> dict[str, float]:
         at, res = self.resources
         if time.monotonic() - at > 5:
-            res = ray.cluster_resources()
+            res = ray.cluster_resources()  # type: ignore[no-untyped-call]
             self.resources = (time.monotonic(), res)
         return res
 
-    def _blob_ref(self, digest: str) -> ray.ObjectRef | None:
+    def _blob_ref(self, digest: str) -> ray.ObjectRef[Any] | None:
         ref = self.blob_refs.get(digest)
         if ref is None:
             blob = self.journal.load_blob(f"{digest}.pkl")
@@ -243,7 +261,9 @@ class Registry:
         blob = self._blob_ref(rec.spec.function)
         if blob is None:
             rec.failure_reason = "the queue's function was not found in storage"
-            self._finish(rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED)
+            self._finish(
+                rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED
+            )
             return
         rec.run += 1
         options = dict(rec.spec.ray_options)
@@ -267,7 +287,7 @@ class Registry:
         self.refs[rec.id] = ref
         self._spawn(self._watch(rec.id, rec.run, ref))
 
-    async def _watch(self, task_id: str, run: int, ref: ray.ObjectRef) -> None:
+    async def _watch(self, task_id: str, run: int, ref: ray.ObjectRef[Any]) -> None:
         try:
             outcome: dict[str, Any] = await ref
         except asyncio.CancelledError:
@@ -429,13 +449,24 @@ class Registry:
         if not rec.status.is_final:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self.waiters.setdefault(task_id, []).append(fut)
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(fut), timeout)
-            except asyncio.TimeoutError:
-                pass
         info = self._info(rec)
         info["result_blob"] = rec.result_blob
         return info
+
+    async def watch(self, task_id: str, seen: str | None, timeout: float) -> dict[str, Any] | None:
+        """The record once its status differs from `seen` (or after `timeout` seconds)."""
+        self._boot()
+        rec = self.tasks.get(task_id)
+        if rec is None:
+            return None
+        if rec.status.value == seen and not rec.status.is_final:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self.watchers.setdefault(task_id, []).append(fut)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+        return self._info(rec)
 
     async def list(
         self, queue: str | None, status: str | None, limit: int, cursor: str | None
@@ -462,9 +493,7 @@ class Registry:
         counts: dict[str, Counter[str]] = {name: Counter() for name in self.queues}
         for rec in self.tasks.values():
             counts.setdefault(rec.queue, Counter())[rec.status.value] += 1
-        return {
-            name: {**self._stats(name), "by_status": dict(c)} for name, c in counts.items()
-        }
+        return {name: {**self._stats(name), "by_status": dict(c)} for name, c in counts.items()}
 
 
 def _serialise(value: Any) -> Any:

@@ -94,7 +94,9 @@ def _report_started(task_id: str, run: int, container_id: str) -> None:
         log.warning("could not report the start of task %s", task_id, exc_info=True)
 
 
-def call_handler(bundle: FunctionBundle, attempt: Attempt, on_start_value: Any = None) -> dict[str, Any]:
+def call_handler(
+    bundle: FunctionBundle, attempt: Attempt, on_start_value: Any = None
+) -> dict[str, Any]:
     """Run the handler once in a fresh scratch folder and describe how it ended."""
     args, kwargs = decode_payload(attempt.payload)
     ctx = TaskContext(

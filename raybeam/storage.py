@@ -37,10 +37,11 @@ _LOCAL_PROTOCOLS = (None, "file", "local")
 # Object stores have no folders to create, and `makedirs` there costs a request.
 _OBJECT_STORES = frozenset({*_S3_PROTOCOLS, "gs", "gcs", "az", "abfs", "abfss"})
 
-# s3fs reads up to `max_concurrency` parts of `chunksize` into memory at once (50 MiB x 10 by
-# default: a 500 MiB peak); these keep an upload of any size under ~32 MiB.
+# s3fs reads `max_concurrency` parts of `chunksize` into memory at once (10 x 50 MiB by
+# default: a 500 MiB peak for a large file), and botocore holds about one more copy of each
+# part while sending it; 2 parts of 8 MiB in flight keep an upload of any size near 32 MiB.
 _S3_PART_SIZE = 8 * 2**20
-_S3_PARTS_IN_FLIGHT = 4
+_S3_PARTS_IN_FLIGHT = 2
 _S3_MAX_PARTS = 10_000
 
 

@@ -72,7 +72,9 @@ class Task:
             return decode_result(info["result"], info.get("result_blob"))
         if status is TaskStatus.FAILED:
             raise TaskFailed(self.id, info["failure_reason"])
-        raise _ERRORS[status](f"task {self.id} ended {status.value}: {info['failure_reason'] or ''}".rstrip(": "))
+        raise _ERRORS[status](
+            f"task {self.id} ended {status.value}: {info['failure_reason'] or ''}".rstrip(": ")
+        )
 
     def cancel(self) -> None:
         """Cancel the task if it is not final yet (a running attempt is stopped)."""
@@ -97,9 +99,7 @@ def list_tasks(
     return [Task(i["id"]) for i in infos]
 
 
-def wait(
-    tasks: Sequence[Task], progress: bool = False, timeout: float | None = None
-) -> list[Task]:
+def wait(tasks: Sequence[Task], progress: bool = False, timeout: float | None = None) -> list[Task]:
     """Block until every task is final; with `progress`, show a bar (terminal or notebook).
 
     Returns the tasks; TimeoutError when `timeout` seconds pass first.
@@ -125,7 +125,9 @@ def wait(
             if not remaining:
                 break
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{len(remaining)} of {len(ids)} tasks not final after {timeout} s")
+                raise TimeoutError(
+                    f"{len(remaining)} of {len(ids)} tasks not final after {timeout} s"
+                )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from raybeam.record import TaskRecord
+    from raybeam.record import TaskRecord, TaskStatus
 
 
 class Middleware:
@@ -18,6 +18,9 @@ class Middleware:
 
     def on_boot(self) -> None:
         """The registry has loaded its state and can run background work."""
+
+    def on_transition(self, rec: TaskRecord, old: TaskStatus, new: TaskStatus) -> None:
+        """`rec` just moved from `old` to `new` (not yet stored); keep this cheap."""
 
     def on_final(self, rec: TaskRecord) -> None:
         """`rec` reached a final status, and that is stored."""

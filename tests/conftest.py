@@ -1,0 +1,59 @@
+"""Test fixtures: one real local Ray cluster for the whole session, with logical GPUs.
+
+Tests that need it take the `ray_cluster` fixture (and are marked `ray`); unit tests never
+start Ray. The cluster runs on loopback with a private temp dir and storage folder, and only
+its own processes are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.pop("RAY_ADDRESS", None)
+
+
+@dataclass
+class RayCluster:
+    address: str
+    storage: str
+    root: str
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    import logging
+
+    import ray
+
+    root = tempfile.mkdtemp(prefix="rb-", dir="/tmp")
+    storage = os.path.join(root, "storage")
+    os.environ["RAYBEAM_STORAGE"] = storage
+    ctx = ray.init(
+        num_cpus=4,
+        num_gpus=2,
+        resources={"accelerator_type:A10G": 1},
+        include_dashboard=False,
+        logging_level=logging.ERROR,
+        _temp_dir=os.path.join(root, "ray"),
+        _system_config={"automatic_object_spilling_enabled": False},
+    )
+    try:
+        yield RayCluster(ctx.address_info["gcs_address"], storage, root)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def unique_name() -> str:
+    """A queue name no other test uses, so tests sharing the registry never collide."""
+    return "q_" + uuid.uuid4().hex[:10]
