@@ -23,6 +23,8 @@ class Settings:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     output_url_expires: int = 3600
+    #: final tasks (records and outputs) older than this are purged
+    retention_seconds: int = 7 * 86400
 
     @property
     def storage_url(self) -> str:
@@ -43,6 +45,7 @@ _ENV = {
     "http_host": "RAYBEAM_HTTP_HOST",
     "http_port": "RAYBEAM_HTTP_PORT",
     "output_url_expires": "RAYBEAM_OUTPUT_URL_EXPIRES",
+    "retention_seconds": "RAYBEAM_RETENTION_SECONDS",
 }
 
 _overrides: dict[str, Any] = {}
@@ -53,7 +56,7 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return tuple(value)
-    if name in ("http_port", "output_url_expires"):
+    if name in ("http_port", "output_url_expires", "retention_seconds"):
         try:
             return int(value)
         except (TypeError, ValueError):

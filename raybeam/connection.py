@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import ray
@@ -43,34 +45,78 @@ def _session() -> str:
     return f"{ctx.get_job_id()}@{ctx.gcs_address}"
 
 
-def registry() -> Any:
-    """The registry actor's handle, created on first use with the settings in force."""
-    global _handle, _handle_session
-    ensure_ray()
-    session = _session()
-    if _handle is not None and _handle_session == session:
-        return _handle
+def _create_registry() -> Any:
     from raybeam.registry import Registry
 
     s = settings()
-    try:
-        handle = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
-    except ValueError:
-        handle = Registry.options(  # type: ignore[attr-defined]
-            name=REGISTRY_NAME,
-            namespace=REGISTRY_NAMESPACE,
-            lifetime="detached",
-            get_if_exists=True,
-        ).remote(s.storage_url, s.signing_key, s.base_url, s.output_url_expires)
-    _handle, _handle_session = handle, session
-    return handle
+    return Registry.options(  # type: ignore[attr-defined]
+        name=REGISTRY_NAME,
+        namespace=REGISTRY_NAMESPACE,
+        lifetime="detached",
+        get_if_exists=True,
+    ).remote(s.storage_url, s.signing_key, s.base_url, s.output_url_expires, s.retention_seconds)
+
+
+def registry() -> Any:
+    """The registry actor's handle; created (or created again) with the settings in force."""
+    global _handle, _handle_session
+    ensure_ray()
+    session = _session()
+    with _lock:
+        if _handle is None or _handle_session != session:
+            try:
+                _handle = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+            except ValueError:
+                _handle = _create_registry()
+            _handle_session = session
+        return _handle
+
+
+def forget_registry() -> None:
+    """Drop the cached handle, so the next call finds or creates a live registry."""
+    global _handle
+    with _lock:
+        _handle = None
+
+
+#: Ray does not restart the registry (see Registry); raybeam's callers start it again.
+_GONE = (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError)
+_RETRIES = 5
+
+
+def _unwrap(exc: ray.exceptions.RayTaskError) -> BaseException:
+    return exc.cause if isinstance(exc.cause, RaybeamError) else exc
 
 
 def call(method: str, *args: Any, timeout: float | None = None) -> Any:
-    """Call a registry method and wait for its answer; raybeam errors come back as themselves."""
-    try:
-        return ray.get(getattr(registry(), method).remote(*args), timeout=timeout)
-    except ray.exceptions.RayTaskError as exc:
-        if isinstance(exc.cause, RaybeamError):
-            raise exc.cause from None
-        raise
+    """Call a registry method and wait for its answer; raybeam errors come back as themselves.
+
+    A registry that died is started again (it reloads its state) and the call repeated, so
+    registry methods are idempotent.
+    """
+    for attempt in range(_RETRIES):
+        try:
+            return ray.get(getattr(registry(), method).remote(*args), timeout=timeout)
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
+        except _GONE:
+            if attempt == _RETRIES - 1:
+                raise
+            forget_registry()
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+async def acall(method: str, *args: Any) -> Any:
+    """`call` for asyncio code (the HTTP API)."""
+    for attempt in range(_RETRIES):
+        try:
+            return await getattr(registry(), method).remote(*args)
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
+        except _GONE:
+            if attempt == _RETRIES - 1:
+                raise
+            forget_registry()
+            await asyncio.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")

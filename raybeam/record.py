@@ -106,7 +106,7 @@ class TaskRecord:
     container_id: str | None = None
     attempts: int = 0
     #: submissions so far; a report from an older submission is stale and ignored
-    run: int = 0
+    run: str = ""
     result: Any = None
     #: base64 of the pickled return value when it is not JSON
     result_blob: str | None = None

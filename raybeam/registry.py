@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import uuid
 from collections import Counter
 from typing import Any
 
@@ -30,6 +31,8 @@ log = logging.getLogger("raybeam.registry")
 
 #: compact the journal into a snapshot after this many batches
 SNAPSHOT_EVERY = 500
+#: seconds before the first retry; doubled for each one after
+RETRY_BACKOFF = 0.25
 RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
 
 
@@ -38,10 +41,8 @@ def classify_failure(exc: BaseException) -> tuple[str, bool]:
     ex = ray.exceptions
     if isinstance(exc, ex.OutOfMemoryError):
         return f"out of memory: {exc}", True
-    if (
-        isinstance(exc, ex.NodeDiedError)
-        or ("node" in str(exc).lower()
-        and "died" in str(exc).lower())
+    if isinstance(exc, ex.NodeDiedError) or (
+        "node" in str(exc).lower() and "died" in str(exc).lower()
     ):
         return f"node lost: {exc}", True
     if isinstance(exc, ex.WorkerCrashedError):
@@ -53,14 +54,32 @@ def classify_failure(exc: BaseException) -> tuple[str, bool]:
     return f"{type(exc).__name__}: {exc}", True
 
 
+# Not restartable by Ray on purpose: Ray's memory monitor kills "retriable" workers (actors
+# with restarts left) first, and every running task dies with its owner, the registry. As a
+# non-retriable worker, the oldest one on its node, it is the last one the monitor picks. The
+# next API call (Python, HTTP, CLI) starts it again; it reloads its journal and resubmits.
 @ray.remote(  # type: ignore[call-overload]
-    num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000
+    num_cpus=0,
+    # on the head node, which lives as long as the cluster does
+    resources={"node:__internal_head__": 0.001},
+    max_restarts=0,
+    max_concurrency=10_000,
 )
 class Registry:
     def __init__(
-        self, storage_url: str, signing_key: str, public_url: str, output_url_expires: int
+        self,
+        storage_url: str,
+        signing_key: str,
+        public_url: str,
+        output_url_expires: int,
+        retention_seconds: int = 7 * 86400,
     ) -> None:
         logging.getLogger("raybeam").setLevel(logging.INFO)
+        self.retention_seconds = retention_seconds
+        # Submissions are numbered per incarnation, so a report from an attempt that an
+        # earlier incarnation started can never pass for the current one.
+        self.incarnation = uuid.uuid4().hex[:8]
+        self.submissions = 0
         self.storage_url = storage_url
         self.signing_key = signing_key
         self.public_url = public_url
@@ -129,6 +148,7 @@ class Registry:
             if rec.status is PENDING:
                 self._schedule_ttl(rec, now)
             self._submit(rec)
+        self._spawn(self._retention_loop())
         for hook in self.hooks:
             hook.on_boot()
 
@@ -141,6 +161,40 @@ class Registry:
     async def ping(self) -> dict[str, Any]:
         self._boot()
         return {"tasks": len(self.tasks), "load_problems": self.load_problems}
+
+    async def _retention_loop(self) -> None:
+        interval = min(3600.0, max(1.0, self.retention_seconds / 10))
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.purge(self.retention_seconds)
+            except Exception:
+                log.exception("retention sweep failed; trying again in %.0f s", interval)
+
+    async def purge(self, older_than_seconds: float) -> int:
+        """Forget final tasks that ended over `older_than_seconds` ago, outputs included."""
+        self._boot()
+        cutoff = time.time() - older_than_seconds
+        old = [
+            r for r in self.tasks.values()
+            if r.status.is_final and (r.ended_at or r.updated_at) < cutoff
+        ]  # fmt: skip
+        for rec in old:
+            del self.tasks[rec.id]
+            self.pending_writes[("task", rec.id)] = None
+        if old:
+            await self._persist()
+            folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs}
+            await asyncio.to_thread(self._remove_outputs, folders)
+        return len(old)
+
+    def _remove_outputs(self, folders: set[str]) -> None:
+        for folder in folders:
+            try:
+                if self.storage.exists(folder):
+                    self.storage.rm(folder, recursive=True)
+            except Exception:
+                log.warning("could not remove outputs in %s", folder, exc_info=True)
 
     # ---- persistence (group commit) ---------------------------------------------------
 
@@ -265,7 +319,8 @@ class Registry:
                 rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED
             )
             return
-        rec.run += 1
+        self.submissions += 1
+        rec.run = f"{self.incarnation}-{self.submissions}"
         options = dict(rec.spec.ray_options)
         if rec.spec.gpu_types:
             gpu_type = pick_gpu_type(rec.spec.gpu_types, self._cluster_resources())
@@ -287,7 +342,7 @@ class Registry:
         self.refs[rec.id] = ref
         self._spawn(self._watch(rec.id, rec.run, ref))
 
-    async def _watch(self, task_id: str, run: int, ref: ray.ObjectRef[Any]) -> None:
+    async def _watch(self, task_id: str, run: str, ref: ray.ObjectRef[Any]) -> None:
         try:
             outcome: dict[str, Any] = await ref
         except asyncio.CancelledError:
@@ -296,9 +351,9 @@ class Registry:
             reason, retryable = classify_failure(exc)
             outcome = {"ok": False, "retryable": retryable, "error": reason, "outputs": []}
         rec = self.tasks.get(task_id)
-        if rec is None or rec.run != run or rec.status.is_final:
+        if rec is None or rec.run != run or rec.status.is_final or outcome.get("skipped"):
             return
-        if rec.status is not RUNNING:  # the start report lost the race with the result
+        if rec.status is not RUNNING:  # the attempt never started (e.g. its worker died first)
             self._start(rec, outcome.get("container_id"), outcome.get("started_at"))
         rec.outputs.extend(outcome.get("outputs") or [])
         if outcome["ok"]:
@@ -311,12 +366,14 @@ class Registry:
         if outcome["retryable"] and rec.attempts <= rec.spec.retries:
             self._set_status(rec, RETRY)
             await self._persist(rec)
-            if rec.status is RETRY:  # not cancelled while storing
+            # Back off a little, so a cluster-wide outage does not burn every retry at once.
+            await asyncio.sleep(min(RETRY_BACKOFF * 2 ** (rec.attempts - 1), 10.0))
+            if rec.status is RETRY and rec.run == run:  # not cancelled meanwhile
                 self._submit(rec)
         else:
             self._finish(rec, TaskStatus.FAILED)
 
-    def _on_timeout(self, task_id: str, run: int) -> None:
+    def _on_timeout(self, task_id: str, run: str) -> None:
         rec = self.tasks.get(task_id)
         if rec is None or rec.run != run or rec.status is not RUNNING:
             return
@@ -393,13 +450,28 @@ class Registry:
                 self._submit(rec)
         return [it["id"] for it in items]
 
-    async def started(self, task_id: str, run: int, container_id: str) -> None:
+    async def started(self, task_id: str, run: str, container_id: str) -> dict[str, Any]:
+        """A worker is about to run an attempt: its number, or {"skip": why} when it must not."""
         self._boot()
         rec = self.tasks.get(task_id)
-        if rec is None or rec.run != run or rec.status not in (PENDING, RETRY):
-            return
+        if rec is None or rec.run != run or rec.status.is_final:
+            return {"skip": "this submission is stale or the task is already final"}
+        if rec.status is RUNNING:
+            # Ray ran this submission again after a system failure of the worker.
+            rec.failure_reason = (
+                f"worker crashed: the worker of attempt {rec.attempts} died "
+                "(a crash, an out-of-memory kill or a lost node)"
+            )
+            if rec.attempts > rec.spec.retries:
+                self._finish(rec, TaskStatus.FAILED)
+                await self._persist(rec)
+                return {"skip": rec.failure_reason}
+            self._set_status(rec, RETRY)
         self._start(rec, container_id)
         await self._persist(rec)
+        if rec.status is not RUNNING or rec.run != run:  # cancelled while storing
+            return {"skip": "the task was cancelled"}
+        return {"attempt": rec.attempts}
 
     async def cancel(self, task_ids: list[str]) -> list[str]:
         self._boot()
@@ -427,6 +499,12 @@ class Registry:
         self._boot()
         rec = self.tasks.get(task_id)
         return None if rec is None else self._info(rec)
+
+    async def history(self, task_id: str) -> list[tuple[str, float]] | None:
+        """Every status the task has had, with the time it began."""
+        self._boot()
+        rec = self.tasks.get(task_id)
+        return None if rec is None else list(rec.history)
 
     async def exists(self, task_ids: list[str]) -> list[bool]:
         self._boot()
@@ -494,6 +572,17 @@ class Registry:
         for rec in self.tasks.values():
             counts.setdefault(rec.queue, Counter())[rec.status.value] += 1
         return {name: {**self._stats(name), "by_status": dict(c)} for name, c in counts.items()}
+
+    async def metrics(self) -> dict[str, Any]:
+        """Plain data for the HTTP API's `GET /metrics`: `queues` (as `queue_stats()`) and
+        the latency histograms of `raybeam.middleware.metrics`."""
+        from raybeam.middleware.metrics import LatencyMetrics
+
+        data: dict[str, Any] = {"queues": await self.queue_stats()}
+        for hook in self.hooks:
+            if isinstance(hook, LatencyMetrics):
+                data.update(hook.snapshot())
+        return data
 
 
 def _serialise(value: Any) -> Any:

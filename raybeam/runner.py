@@ -40,7 +40,7 @@ class Attempt:
 
     task_id: str
     queue: str
-    run: int
+    run: str
     attempt: int
     payload: str
     callback_url: str | None
@@ -84,14 +84,13 @@ def decode_result(result: Any, blob: str | None) -> Any:
     return result
 
 
-def _report_started(task_id: str, run: int, container_id: str) -> None:
+def _claim(task_id: str, run: str, container_id: str) -> dict[str, Any]:
+    """Tell the registry this attempt starts; it answers the attempt number, or why not to run."""
     global _registry
-    try:
-        if _registry is None:
-            _registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
-        _registry.started.remote(task_id, run, container_id)
-    except Exception:  # the registry learns of the start from the result instead
-        log.warning("could not report the start of task %s", task_id, exc_info=True)
+    if _registry is None:
+        _registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+    claim: dict[str, Any] = ray.get(_registry.started.remote(task_id, run, container_id))
+    return claim
 
 
 def call_handler(
@@ -142,10 +141,14 @@ def run_attempt(digest: str, blob: bytes, attempt: Attempt) -> dict[str, Any]:
     """The body of the Ray task the registry submits for each attempt of a plain queue."""
     started_at = time.time()
     container_id = ray.get_runtime_context().get_worker_id()
-    _report_started(attempt.task_id, attempt.run, container_id)
+    claim = _claim(attempt.task_id, attempt.run, container_id)
+    if "skip" in claim:
+        return {"ok": False, "skipped": True, "error": claim["skip"], "outputs": []}
+    attempt.attempt = claim["attempt"]
     outcome = call_handler(load_bundle(digest, blob), attempt)
     outcome.update(container_id=container_id, started_at=started_at)
     return outcome
 
 
+# The registry retries (it counts attempts and knows each failure's cause), never Ray.
 remote_attempt = ray.remote(max_retries=0)(run_attempt)

@@ -1,0 +1,42 @@
+"""A memory hog killed by Ray's memory monitor: retried, then FAILED for out of memory."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import psutil
+
+vm = psutil.virtual_memory()
+# Kill at about 1.5 GiB above what the machine uses now.
+threshold = min(0.95, (vm.total - vm.available + 1.5 * 2**30) / vm.total)
+os.environ["RAY_memory_usage_threshold"] = f"{threshold:.3f}"
+os.environ["RAY_memory_monitor_refresh_ms"] = "100"
+
+from _cluster import start_local_ray  # noqa: E402
+
+import raybeam  # noqa: E402
+from raybeam import task_queue  # noqa: E402
+
+start_local_ray(num_cpus=1)
+
+
+@task_queue(name="hog", cpu=1, retries=1)
+def hog() -> str:
+    chunks = []
+    for _ in range(120):  # up to 12 GiB, touched page by page
+        chunks.append(b"\x01" * (100 * 2**20))
+        time.sleep(0.02)
+    return "survived"
+
+
+task = hog.put()
+try:
+    task.result(timeout=120)
+    raise SystemExit("the hog was not killed")
+except raybeam.TaskFailed:
+    pass
+info = task.info()
+print("attempts:", info["attempts"], "reason:", info["failure_reason"])
+assert info["attempts"] == 2, info
+assert info["failure_reason"].startswith("out of memory"), info
