@@ -11,11 +11,11 @@ from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
-import ray  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
+import ray
+from ray.cluster_utils import Cluster
 
-import raybeam  # noqa: E402
-from raybeam import TaskContext, task_queue  # noqa: E402
+import raybeam
+from raybeam import TaskContext, task_queue
 
 root = Path(sys.argv[1])
 cluster = Cluster(

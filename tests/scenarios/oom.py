@@ -13,10 +13,10 @@ threshold = min(0.95, (vm.total - vm.available + 1.5 * 2**30) / vm.total)
 os.environ["RAY_memory_usage_threshold"] = f"{threshold:.3f}"
 os.environ["RAY_memory_monitor_refresh_ms"] = "100"
 
-from _cluster import start_local_ray  # noqa: E402
+from _cluster import start_local_ray
 
-import raybeam  # noqa: E402
-from raybeam import task_queue  # noqa: E402
+import raybeam
+from raybeam import task_queue
 
 start_local_ray(num_cpus=1)
 
