@@ -9,6 +9,7 @@
 """
 
 from raybeam.config import configure, settings
+from raybeam.containers import QueueDepthAutoscaler
 from raybeam.context import TaskContext
 from raybeam.errors import (
     InvalidArguments,
@@ -32,35 +33,36 @@ from raybeam.task import Task, get_task, list_tasks, wait
 from raybeam.webhooks import InvalidCallbackUrl, InvalidWebhookSignature, verify_webhook
 
 __all__ = [
-    "Image",
-    "InvalidArguments",
-    "InvalidCallbackUrl",
-    "InvalidConfiguration",
-    "InvalidOutputPath",
-    "InvalidWebhookSignature",
-    "Output",
-    "OutsideTask",
-    "QueueFull",
-    "QueueNotFound",
-    # errors
-    "RaybeamError",
-    # reading tasks
-    "Task",
-    "TaskCancelled",
-    "TaskContext",
-    "TaskExpired",
-    "TaskFailed",
-    "TaskNotFound",
-    "TaskQueue",
-    "TaskStatus",
-    "TaskTimeout",
-    # configuration and webhooks
-    "configure",
-    "get_task",
-    "list_tasks",
-    "settings",
     # defining and enqueueing
     "task_queue",
-    "verify_webhook",
+    "TaskQueue",
+    "QueueDepthAutoscaler",
+    "Image",
+    "TaskContext",
+    "Output",
+    # reading tasks
+    "Task",
+    "TaskStatus",
+    "get_task",
+    "list_tasks",
     "wait",
+    # configuration and webhooks
+    "configure",
+    "settings",
+    "verify_webhook",
+    # errors
+    "RaybeamError",
+    "TaskFailed",
+    "TaskCancelled",
+    "TaskTimeout",
+    "TaskExpired",
+    "QueueFull",
+    "QueueNotFound",
+    "TaskNotFound",
+    "InvalidOutputPath",
+    "InvalidArguments",
+    "InvalidConfiguration",
+    "InvalidCallbackUrl",
+    "InvalidWebhookSignature",
+    "OutsideTask",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import tempfile
 import uuid
 import zipfile
@@ -198,7 +199,7 @@ def _safe_name(name: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidOutputPath(f"an output name must not contain control characters: {name!r}")
     parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:[\\/]", name):
         raise InvalidOutputPath(
             f"output name {name!r} is an absolute path; give a plain file name such as 'result.txt'"
         )

@@ -14,6 +14,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 import cloudpickle
 
 from raybeam import connection
+from raybeam.containers import QueueDepthAutoscaler
 from raybeam.errors import InvalidArguments, InvalidConfiguration
 from raybeam.image import Image
 from raybeam.record import TaskSpec
@@ -101,6 +102,13 @@ class QueueConfig:
     max_pending_tasks: int = 100
     workers: int = 1
     authorized: bool = True
+    autoscaler: QueueDepthAutoscaler = dataclasses.field(default_factory=QueueDepthAutoscaler)
+    max_calls: int | None = None
+
+    @property
+    def warm(self) -> bool:
+        """Tasks run on warm workers (containers) rather than as plain Ray tasks."""
+        return self.keep_warm_seconds > 0 or self.on_start is not None
 
 
 class TaskQueue(Generic[P, R]):
@@ -148,6 +156,7 @@ class TaskQueue(Generic[P, R]):
                 fn=self.fn,
                 retry_for=c.retry_for,
                 wants_context=self._wants_context,
+                on_start=c.on_start,
             )
             with _by_value(self.fn):
                 blob = cloudpickle.dumps(bundle)
@@ -162,7 +171,15 @@ class TaskQueue(Generic[P, R]):
                     cpu=c.cpu, memory=c.memory, gpu=c.gpu, gpu_count=c.gpu_count, image=c.image
                 ),
                 gpu_types=gpu_types(c.gpu) or (["any"] if c.gpu_count else []),
+                max_calls=c.max_calls,
             )
+            warm = None
+            if c.warm:
+                warm = {
+                    "keep_warm_seconds": c.keep_warm_seconds,
+                    "workers": c.workers,
+                    "autoscaler": dataclasses.asdict(c.autoscaler),
+                }
             self._definition = (
                 {
                     "name": c.name,
@@ -170,6 +187,7 @@ class TaskQueue(Generic[P, R]):
                     "max_pending_tasks": c.max_pending_tasks,
                     "authorized": c.authorized,
                     "params": self._params,
+                    "warm": warm,
                 },
                 blob,
             )
@@ -287,6 +305,8 @@ def task_queue(
     max_pending_tasks: int = 100,
     workers: int = 1,
     authorized: bool = True,
+    autoscaler: QueueDepthAutoscaler | None = None,
+    max_calls: int | None = None,
 ) -> Any:
     """Turn a function into a task queue.
 
@@ -324,7 +344,11 @@ def task_queue(
             max_pending_tasks=_check_int("max_pending_tasks", max_pending_tasks, 1),
             workers=_check_int("workers", workers, 1),
             authorized=authorized,
+            autoscaler=autoscaler or QueueDepthAutoscaler(),
+            max_calls=None if max_calls is None else _check_int("max_calls", max_calls, 0),
         )
+        if on_start is not None and not callable(on_start):
+            raise InvalidConfiguration(f"on_start must be a callable, got {on_start!r}")
         if not config.name.replace("-", "").replace("_", "").isalnum():
             raise InvalidConfiguration(
                 f"queue name {config.name!r} must use only letters, digits, '-' and '_'"

@@ -89,6 +89,8 @@ class TaskSpec:
     callback_url: str | None = None
     ray_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     gpu_types: list[str] = dataclasses.field(default_factory=list)
+    #: Ray's max_calls for plain queues (None: Ray's default)
+    max_calls: int | None = None
 
 
 @dataclasses.dataclass

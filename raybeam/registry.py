@@ -15,11 +15,13 @@ import logging
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import ray
 
 from raybeam import middleware
+from raybeam.containers import ContainerPool
 from raybeam.errors import QueueFull, QueueNotFound
 from raybeam.journal import Entry, Journal
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
@@ -47,6 +49,8 @@ def classify_failure(exc: BaseException) -> tuple[str, bool]:
         return f"node lost: {exc}", True
     if isinstance(exc, ex.WorkerCrashedError):
         return f"worker crashed: {exc}", True
+    if isinstance(exc, ex.ActorDiedError):
+        return f"container stopped: {exc}", True
     if isinstance(exc, ex.RuntimeEnvSetupError):
         return f"could not set up the queue's image (runtime_env): {exc}", False
     if isinstance(exc, ex.TaskCancelledError):
@@ -111,6 +115,7 @@ class Registry:
             if rec.status is RUNNING:
                 self.running[rec.queue] += 1
         self.refs: dict[str, ray.ObjectRef[Any]] = {}
+        self.pools: dict[str, ContainerPool] = {}
         self.blob_refs: dict[str, ray.ObjectRef[Any]] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -149,6 +154,7 @@ class Registry:
                 self._schedule_ttl(rec, now)
             self._submit(rec)
         self._spawn(self._retention_loop())
+        self._spawn(self._container_loop())
         for hook in self.hooks:
             hook.on_boot()
 
@@ -336,20 +342,54 @@ class Registry:
             timeout=rec.spec.timeout,
             storage_url=self.storage_url,
         )
-        ref = remote_attempt.options(name=f"raybeam:{rec.queue}", **options).remote(
-            rec.spec.function, blob, attempt
+        pool = self._pool(rec.queue)
+        if pool is not None:
+            pool.enqueue(attempt, rec.spec.function, blob, options)
+            return
+        ref = (
+            remote_attempt(rec.spec.max_calls)
+            .options(name=f"raybeam:{rec.queue}", **options)
+            .remote(rec.spec.function, blob, attempt)
         )
         self.refs[rec.id] = ref
         self._spawn(self._watch(rec.id, rec.run, ref))
 
-    async def _watch(self, task_id: str, run: str, ref: ray.ObjectRef[Any]) -> None:
+    def _pool(self, queue: str) -> ContainerPool | None:
+        pool = self.pools.get(queue)
+        if pool is None:
+            warm = self.queues.get(queue, {}).get("warm")
+            if not warm:
+                return None
+            pool = self.pools[queue] = ContainerPool(self, queue, warm)
+        return pool
+
+    async def _container_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            for pool in list(self.pools.values()):
+                try:
+                    pool.reap()
+                except Exception:
+                    log.exception("container upkeep failed for queue %s", pool.queue)
+
+    async def _watch(
+        self,
+        task_id: str,
+        run: str,
+        ref: ray.ObjectRef[Any],
+        done: Callable[[BaseException | None], None] | None = None,
+    ) -> None:
+        error: BaseException | None = None
         try:
             outcome: dict[str, Any] = await ref
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            error = exc
             reason, retryable = classify_failure(exc)
             outcome = {"ok": False, "retryable": retryable, "error": reason, "outputs": []}
+        if done is not None:
+            done(error)
         rec = self.tasks.get(task_id)
         if rec is None or rec.run != run or rec.status.is_final or outcome.get("skipped"):
             return
@@ -395,7 +435,10 @@ class Registry:
 
     def _kill(self, rec: TaskRecord) -> None:
         ref = self.refs.pop(rec.id, None)
-        if ref is not None:
+        pool = self.pools.get(rec.queue)
+        if pool is not None:
+            pool.stop_task(rec.id)
+        elif ref is not None:
             try:
                 ray.cancel(ref, force=True)
             except Exception:
@@ -489,7 +532,9 @@ class Registry:
         return cancelled
 
     def _stats(self, queue: str) -> dict[str, int]:
-        return {"active_containers": self.running[queue], "queue_depth": self.depth[queue]}
+        pool = self.pools.get(queue)
+        active = pool.size if pool is not None else self.running[queue]
+        return {"active_containers": active, "queue_depth": self.depth[queue]}
 
     def _info(self, rec: TaskRecord) -> dict[str, Any]:
         outputs = [hook_out for hook in self.hooks for hook_out in hook.public_outputs(rec)]

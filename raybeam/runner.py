@@ -32,6 +32,7 @@ class FunctionBundle:
     fn: Callable[..., Any]
     retry_for: tuple[type[BaseException], ...] | None
     wants_context: bool
+    on_start: Callable[[], Any] | None = None
 
 
 @dataclasses.dataclass
@@ -137,18 +138,38 @@ async def _await(value: Any) -> Any:
     return await value
 
 
-def run_attempt(digest: str, blob: bytes, attempt: Attempt) -> dict[str, Any]:
-    """The body of the Ray task the registry submits for each attempt of a plain queue."""
+def execute(
+    bundle: FunctionBundle, attempt: Attempt, container_id: str, on_start_value: Any = None
+) -> dict[str, Any]:
+    """Claim the attempt from the registry, then run it; the outcome goes back to the registry."""
     started_at = time.time()
-    container_id = ray.get_runtime_context().get_worker_id()
     claim = _claim(attempt.task_id, attempt.run, container_id)
     if "skip" in claim:
         return {"ok": False, "skipped": True, "error": claim["skip"], "outputs": []}
     attempt.attempt = claim["attempt"]
-    outcome = call_handler(load_bundle(digest, blob), attempt)
+    outcome = call_handler(bundle, attempt, on_start_value)
     outcome.update(container_id=container_id, started_at=started_at)
     return outcome
 
 
-# The registry retries (it counts attempts and knows each failure's cause), never Ray.
-remote_attempt = ray.remote(max_retries=0)(run_attempt)
+def run_attempt(digest: str, blob: bytes, attempt: Attempt) -> dict[str, Any]:
+    """The body of the Ray task the registry submits for each attempt of a plain queue."""
+    worker_id = ray.get_runtime_context().get_worker_id()
+    return execute(load_bundle(digest, blob), attempt, worker_id)
+
+
+_remotes: dict[int | None, Any] = {}
+
+
+def remote_attempt(max_calls: int | None = None) -> Any:
+    """The Ray remote function for plain attempts; `max_calls` is fixed per remote function.
+
+    The registry retries (it counts attempts and knows each failure's cause), never Ray.
+    """
+    fn = _remotes.get(max_calls)
+    if fn is None:
+        options: dict[str, Any] = {"max_retries": 0}
+        if max_calls is not None:
+            options["max_calls"] = max_calls
+        fn = _remotes[max_calls] = ray.remote(**options)(run_attempt)
+    return fn

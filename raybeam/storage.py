@@ -91,6 +91,8 @@ class Storage:
     def path(self, key: str) -> str:
         """The path inside `fs` of a relative key such as `outputs/q/t/o/a.txt`."""
         key = key.strip("/")
+        if ".." in key.split("/"):
+            raise ValueError(f"storage key {key!r} has a '..' component")
         return f"{self.root}/{key}" if key else self.root
 
     def put_file(self, local_path: str | os.PathLike[str], key: str) -> None:
@@ -177,12 +179,20 @@ class Storage:
         if isinstance(self.fs, LocalFileSystem):
             # link() publishes a complete file, and only if none exists yet
             tmp = f"{path}.{secrets.token_hex(8)}.tmp"
-            with open(tmp, "wb") as f:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
                 f.write(data)
             try:
                 os.link(tmp, path)
             except FileExistsError:
                 pass
+            except OSError:  # no hard links on this mount: create exclusively instead
+                try:
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    pass
+                else:
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(data)
             finally:
                 os.unlink(tmp)
             return
@@ -233,7 +243,7 @@ class Storage:
         """True when a local link's `expires` and `signature` are ours and not past; never raises."""
         try:
             if isinstance(expires, str):
-                if not expires.isdigit():
+                if not (expires.isascii() and expires.isdigit()):
                     return False
                 expires = int(expires)
             if not isinstance(expires, int) or isinstance(expires, bool):

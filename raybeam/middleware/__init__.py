@@ -31,7 +31,8 @@ class Middleware:
 
 
 def load(registry: Any) -> list[Middleware]:
+    from raybeam.middleware.metrics import LatencyMetrics
     from raybeam.middleware.outputs import OutputLinks
     from raybeam.middleware.webhooks import Webhooks
 
-    return [OutputLinks(registry), Webhooks(registry)]
+    return [OutputLinks(registry), Webhooks(registry), LatencyMetrics(registry)]
