@@ -1,0 +1,307 @@
+"""Output inside a fake task, stored locally and on S3 (moto's server), fetched over real HTTP.
+
+Local links are served by a stand-in for the HTTP API's `/output/id/{output_id}` route that
+checks them as that route must (`verify_local_link`, then 403 or the file).
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import sys
+import uuid
+import zipfile
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from threading import Thread
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import httpx
+import pytest
+from PIL import Image
+
+from raybeam import config
+from raybeam.context import TaskContext, reset_context, set_context
+from raybeam.errors import InvalidOutputPath, OutsideTask, RaybeamError
+from raybeam.outputs import Output
+from raybeam.storage import Storage, storage_from_settings
+
+try:
+    from tests.support.moto_server import create_bucket, moto_s3
+except ModuleNotFoundError:  # the repository root is not on sys.path (no pytest `pythonpath`)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from tests.support.moto_server import create_bucket, moto_s3
+
+BUCKET = "raybeam-outputs"
+KEY = re.compile(r"outputs/handler/(?P<task>[0-9a-f-]{36})/(?P<id>[0-9a-f]{32})/(?P<name>[^/]+)")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with moto_s3() as endpoint:
+        create_bucket(endpoint, BUCKET)
+        yield endpoint
+
+
+class _LocalLinks(BaseHTTPRequestHandler):
+    storage: Storage
+
+    def do_GET(self) -> None:
+        parts = urlsplit(self.path)
+        match = re.fullmatch(r"/output/id/([0-9a-f]+)", parts.path)
+        query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+        if match is None:
+            self.send_error(404)
+            return
+        output_id = match[1]
+        if not self.storage.verify_local_link(
+            output_id, query.get("expires", ""), query.get("signature", "")
+        ):
+            self.send_error(403)
+            return
+        key = self.storage.find_output(output_id)
+        if key is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.storage.size(key)))
+        self.end_headers()
+        with self.storage.open(key) as f:
+            shutil.copyfileobj(f, self.wfile)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def link_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _LocalLinks)
+    thread = Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@pytest.fixture
+def links(link_server: ThreadingHTTPServer, monkeypatch: pytest.MonkeyPatch) -> ThreadingHTTPServer:
+    """The stand-in route on loopback, its base URL configured as RAYBEAM_PUBLIC_URL."""
+    monkeypatch.setattr(config, "_overrides", {})
+    monkeypatch.delenv("RAYBEAM_SIGNING_KEY", raising=False)
+    monkeypatch.setenv("RAYBEAM_PUBLIC_URL", f"http://127.0.0.1:{link_server.server_address[1]}")
+    return link_server
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path, links: ThreadingHTTPServer) -> Storage:
+    if request.param == "local":
+        url = str(tmp_path / "storage")
+    else:
+        request.getfixturevalue("s3_endpoint")
+        url = f"s3://{BUCKET}/{uuid.uuid4().hex}"
+    storage = storage_from_settings(url)
+    links.RequestHandlerClass.storage = storage  # type: ignore[attr-defined]
+    return storage
+
+
+@pytest.fixture
+def task(
+    storage: Storage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TaskContext]:
+    """A fake running task on each storage: its context set, a fresh scratch folder as cwd."""
+    yield from _in_task(storage.url, tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def local_task(
+    links: ThreadingHTTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TaskContext]:
+    """The same on local storage only, for what never reaches the storage."""
+    yield from _in_task(str(tmp_path / "storage"), tmp_path, monkeypatch)
+
+
+def _in_task(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TaskContext]:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.chdir(scratch)
+    ctx = TaskContext(task_id=str(uuid.uuid4()), queue="handler", attempt=1, storage_url=url)
+    token = set_context(ctx)
+    yield ctx
+    reset_context(token)
+
+
+def download(url: str) -> httpx.Response:
+    return httpx.get(url, trust_env=False, timeout=30)
+
+
+def check_saved(output: Output, task: TaskContext, name: str) -> bytes:
+    """Check what save() recorded, then fetch the output through its link."""
+    assert output.id is not None and output.key is not None
+    match = KEY.fullmatch(output.key)
+    assert match, output.key
+    assert (match["task"], match["id"], match["name"]) == (task.task_id, output.id, name)
+    assert output.name == name
+    assert {"id": output.id, "name": name, "key": output.key, "size": output.size} in (
+        task.saved_outputs
+    )
+    response = download(output.public_url(expires=60))
+    assert response.status_code == 200, response.text
+    assert len(response.content) == output.size
+    return response.content
+
+
+def test_save_a_file(task: TaskContext) -> None:
+    Path("sum.txt").write_text("20")
+    output = Output(path="sum.txt")
+    assert output.save() is output
+    assert check_saved(output, task, "sum.txt") == b"20"
+    assert output.save() is output and len(task.saved_outputs) == 1  # saved once
+
+
+def test_save_a_file_in_a_subfolder_by_absolute_path(task: TaskContext) -> None:
+    Path("out").mkdir()
+    Path("out/result.json").write_bytes(b'{"ok": true}')
+    output = Output(path=Path.cwd() / "out" / "result.json").save()
+    assert check_saved(output, task, "result.json") == b'{"ok": true}'
+
+
+def test_save_a_folder_as_zip(task: TaskContext) -> None:
+    Path("frames/sub").mkdir(parents=True)
+    Path("frames/empty").mkdir()
+    Path("frames/a.txt").write_text("a")
+    Path("frames/sub/b.bin").write_bytes(bytes(range(256)) * 100)
+    Path("frames/sub/inside").symlink_to("../a.txt")
+    Path("frames/outside").symlink_to("/etc/hostname")  # left out: it leads out of the task
+    output = Output(path="frames/").save()
+    archive = zipfile.ZipFile(io.BytesIO(check_saved(output, task, "frames.zip")))
+    assert sorted(archive.namelist()) == ["a.txt", "empty/", "sub/b.bin", "sub/inside"]
+    assert archive.read("sub/inside") == b"a"
+    assert archive.read("a.txt") == b"a"
+    assert archive.read("sub/b.bin") == bytes(range(256)) * 100
+    assert not list(Path("frames").parent.glob("*.zip"))  # the zip was built elsewhere
+
+
+def test_save_bytes(task: TaskContext) -> None:
+    output = Output.from_bytes("data.bin", b"\x00\x01binary")
+    assert output.id is None
+    output.save()
+    assert check_saved(output, task, "data.bin") == b"\x00\x01binary"
+
+
+def test_save_a_pil_image(task: TaskContext) -> None:
+    image = Image.new("RGB", (16, 8), (200, 30, 60))
+    output = Output.from_pil_image(image).save()
+    data = check_saved(output, task, "image.png")
+    decoded = Image.open(io.BytesIO(data))
+    assert decoded.format == "PNG"
+    assert decoded.size == (16, 8)
+    assert decoded.getpixel((3, 3)) == (200, 30, 60)
+
+    jpeg = Output.from_pil_image(image, format="jpeg", name="photo.jpg").save()
+    assert Image.open(io.BytesIO(check_saved(jpeg, task, "photo.jpg"))).format == "JPEG"
+
+
+@pytest.mark.parametrize(
+    ("name", "stored"),
+    [("sub/dir/a.txt", "a.txt"), ("./a.txt", "a.txt"), ("a.txt/", "a.txt"), ("a:b.txt", "a:b.txt")],
+)
+def test_relative_names_keep_their_basename(
+    local_task: TaskContext, name: str, stored: str
+) -> None:
+    assert Output.from_bytes(name, b"x").name == stored
+
+
+def test_tampered_and_expired_local_links_get_403(
+    local_task: TaskContext, links: ThreadingHTTPServer
+) -> None:
+    storage = storage_from_settings(local_task.storage_url)
+    links.RequestHandlerClass.storage = storage  # type: ignore[attr-defined]
+    output = Output.from_bytes("a.txt", b"secret").save()
+    assert output.id is not None
+    url = output.public_url(expires=60)
+    assert download(url).content == b"secret"
+
+    parts = urlsplit(url)
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+
+    def with_query(path: str = parts.path, **changes: str) -> str:
+        new = {**query, **changes}
+        return urlunsplit(
+            parts._replace(path=path, query="&".join(f"{k}={v}" for k, v in new.items()))
+        )
+
+    other_id = uuid.uuid4().hex
+    assert download(with_query(signature="0" * 64)).status_code == 403
+    assert download(with_query(expires=str(int(query["expires"]) + 3600))).status_code == 403
+    assert download(with_query(path=f"/output/id/{other_id}")).status_code == 403
+    assert download(with_query(expires="", signature="")).status_code == 403
+
+    expired_at = int(query["expires"]) - 3600
+    expired = storage._link_signature(output.id, expired_at)  # correctly signed, but in the past
+    assert download(with_query(expires=str(expired_at), signature=expired)).status_code == 403
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../escape.txt", "out/../../escape.txt", "/etc/passwd", "", "   ", "a\x00b", ".", "link"],
+)
+def test_paths_outside_the_scratch_folder_are_refused(local_task: TaskContext, path: str) -> None:
+    Path("link").symlink_to("/etc/hostname")
+    with pytest.raises(InvalidOutputPath):
+        Output(path=path)
+    assert local_task.saved_outputs == []
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "a/../../x",
+        "..",
+        "/etc/passwd",
+        "\\\\server\\share",
+        "C:\\x",
+        "",
+        "a\x00",
+        "a\nb",
+        "x" * 300,
+    ],
+)
+def test_unsafe_names_are_refused(local_task: TaskContext, name: str) -> None:
+    with pytest.raises(InvalidOutputPath):
+        Output.from_bytes(name, b"x")
+
+
+def test_a_queue_name_that_would_escape_is_refused(local_task: TaskContext) -> None:
+    local_task.queue = "../other"
+    with pytest.raises(InvalidOutputPath, match="queue name"):
+        Output.from_bytes("a.txt", b"x").save()
+
+
+def test_a_missing_file_gives_a_clear_error(local_task: TaskContext) -> None:
+    output = Output(path="not-written.txt")
+    with pytest.raises(InvalidOutputPath, match=r"'.*not-written.txt' does not exist; write it"):
+        output.save()
+    assert local_task.saved_outputs == []
+
+
+def test_links_need_a_saved_output(local_task: TaskContext) -> None:
+    with pytest.raises(RaybeamError, match=r"call \.save\(\) first"):
+        Output.from_bytes("a.txt", b"x").public_url()
+
+
+def test_outputs_outside_a_task_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("sum.txt").write_text("1")
+    with pytest.raises(OutsideTask, match=r"Output\(path=...\) works only inside a running"):
+        Output(path="sum.txt")
+    with pytest.raises(OutsideTask, match="inside a running raybeam task"):
+        Output.from_bytes("a.txt", b"x")
+    with pytest.raises(OutsideTask, match="inside a running raybeam task"):
+        Output.from_pil_image(Image.new("RGB", (1, 1)))
