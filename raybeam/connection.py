@@ -80,7 +80,10 @@ def forget_registry() -> None:
 
 
 #: Ray does not restart the registry (see Registry); raybeam's callers start it again.
-_GONE = (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError)
+_GONE = (
+    ray.exceptions.RayActorError,  # died, or unavailable while it restarts
+    ray.exceptions.OutOfMemoryError,  # the memory monitor stopped it mid-call
+)
 _RETRIES = 5
 
 
@@ -111,7 +114,8 @@ async def acall(method: str, *args: Any) -> Any:
     """`call` for asyncio code (the HTTP API)."""
     for attempt in range(_RETRIES):
         try:
-            return await getattr(registry(), method).remote(*args)
+            handle = _handle if _handle is not None else await asyncio.to_thread(registry)
+            return await getattr(handle, method).remote(*args)
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc) from None
         except _GONE:

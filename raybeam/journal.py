@@ -46,7 +46,11 @@ class Journal:
 
     def _seq_files(self, sub: str, suffix: str) -> list[tuple[int, str]]:
         out = []
-        for path in self.fs.ls(self._p(sub), detail=False):
+        try:
+            paths = self.fs.ls(self._p(sub), detail=False)
+        except FileNotFoundError:  # object stores have no empty folders
+            return []
+        for path in paths:
             name = posixpath.basename(str(path))
             if name.endswith(suffix) and name[: -len(suffix)].isdigit():
                 out.append((int(name[: -len(suffix)]), str(path)))

@@ -134,7 +134,9 @@ class TaskRecord:
             self.ended_at = now
 
     def to_json(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # by hand: dataclasses.asdict deep-copies, and this runs for every stored change
+        data = {f.name: getattr(self, f.name) for f in _RECORD_FIELDS}
+        data["spec"] = {f.name: getattr(self.spec, f.name) for f in _SPEC_FIELDS}
         data["status"] = self.status.value
         return data
 
@@ -170,3 +172,7 @@ class TaskRecord:
                 "attempts": [],
             }
         return info
+
+
+_RECORD_FIELDS = dataclasses.fields(TaskRecord)
+_SPEC_FIELDS = dataclasses.fields(TaskSpec)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import time
 import uuid
@@ -33,6 +34,8 @@ log = logging.getLogger("raybeam.registry")
 
 #: compact the journal into a snapshot after this many batches
 SNAPSHOT_EVERY = 500
+#: attempts cut short by a registry restart beyond `retries` before a task is given up
+RESTART_ALLOWANCE = 3
 #: seconds before the first retry; doubled for each one after
 RETRY_BACKOFF = 0.25
 RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
@@ -116,6 +119,7 @@ class Registry:
                 self.running[rec.queue] += 1
         self.refs: dict[str, ray.ObjectRef[Any]] = {}
         self.pools: dict[str, ContainerPool] = {}
+        self.remotes: dict[tuple[str, int | None, str], Any] = {}
         self.blob_refs: dict[str, ray.ObjectRef[Any]] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -147,7 +151,11 @@ class Registry:
                 )
                 continue
             if rec.status is RUNNING:
-                rec.failure_reason = "the registry restarted during the attempt"
+                rec.failure_reason = f"the registry restarted during attempt {rec.attempts}"
+                if rec.attempts > rec.spec.retries + RESTART_ALLOWANCE:
+                    # a task whose attempts keep taking the registry down (say, by memory)
+                    self._finish(rec, TaskStatus.FAILED)
+                    continue
                 self._set_status(rec, RETRY)
                 self._dirty(rec)
             if rec.status is PENDING:
@@ -346,13 +354,18 @@ class Registry:
         if pool is not None:
             pool.enqueue(attempt, rec.spec.function, blob, options)
             return
-        ref = (
-            remote_attempt(rec.spec.max_calls)
-            .options(name=f"raybeam:{rec.queue}", **options)
-            .remote(rec.spec.function, blob, attempt)
-        )
+        ref = self._remote_fn(rec, options).remote(rec.spec.function, blob, attempt)
         self.refs[rec.id] = ref
         self._spawn(self._watch(rec.id, rec.run, ref))
+
+    def _remote_fn(self, rec: TaskRecord, options: dict[str, Any]) -> Any:
+        """The remote function bound to these options (binding is costly, so it is cached)."""
+        key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True))
+        fn = self.remotes.get(key)
+        if fn is None:
+            fn = remote_attempt(rec.spec.max_calls).options(name=f"raybeam:{rec.queue}", **options)
+            self.remotes[key] = fn
+        return fn
 
     def _pool(self, queue: str) -> ContainerPool | None:
         pool = self.pools.get(queue)
@@ -391,11 +404,13 @@ class Registry:
         if done is not None:
             done(error)
         rec = self.tasks.get(task_id)
-        if rec is None or rec.run != run or rec.status.is_final or outcome.get("skipped"):
+        if rec is None or rec.run != run or rec.status.is_final:
             return
         if rec.status is not RUNNING:  # the attempt never started (e.g. its worker died first)
             self._start(rec, outcome.get("container_id"), outcome.get("started_at"))
-        rec.outputs.extend(outcome.get("outputs") or [])
+        rec.run = ""  # this submission is over: a late report from it must not count
+        # the record lists the outputs of the attempt that counts: the latest one
+        rec.outputs = list(outcome.get("outputs") or [])
         if outcome["ok"]:
             rec.result = outcome["result"]
             rec.result_blob = outcome["result_blob"]
@@ -408,7 +423,7 @@ class Registry:
             await self._persist(rec)
             # Back off a little, so a cluster-wide outage does not burn every retry at once.
             await asyncio.sleep(min(RETRY_BACKOFF * 2 ** (rec.attempts - 1), 10.0))
-            if rec.status is RETRY and rec.run == run:  # not cancelled meanwhile
+            if rec.status is RETRY and not rec.run:  # not cancelled or resubmitted meanwhile
                 self._submit(rec)
         else:
             self._finish(rec, TaskStatus.FAILED)
@@ -493,28 +508,17 @@ class Registry:
                 self._submit(rec)
         return [it["id"] for it in items]
 
-    async def started(self, task_id: str, run: str, container_id: str) -> dict[str, Any]:
-        """A worker is about to run an attempt: its number, or {"skip": why} when it must not."""
+    async def started(self, task_id: str, run: str, container_id: str) -> None:
+        """A worker began an attempt (reports from older submissions are ignored)."""
         self._boot()
         rec = self.tasks.get(task_id)
-        if rec is None or rec.run != run or rec.status.is_final:
-            return {"skip": "this submission is stale or the task is already final"}
-        if rec.status is RUNNING:
-            # Ray ran this submission again after a system failure of the worker.
-            rec.failure_reason = (
-                f"worker crashed: the worker of attempt {rec.attempts} died "
-                "(a crash, an out-of-memory kill or a lost node)"
-            )
-            if rec.attempts > rec.spec.retries:
-                self._finish(rec, TaskStatus.FAILED)
-                await self._persist(rec)
-                return {"skip": rec.failure_reason}
-            self._set_status(rec, RETRY)
+        if rec is None or rec.run != run or rec.status not in (PENDING, RETRY):
+            return
         self._start(rec, container_id)
-        await self._persist(rec)
-        if rec.status is not RUNNING or rec.run != run:  # cancelled while storing
-            return {"skip": "the task was cancelled"}
-        return {"attempt": rec.attempts}
+        # Stored with the next batch; nobody waits on this, and a registry that dies before
+        # storing it finds the task unstarted and runs it again.
+        self._dirty(rec)
+        self.wake.set()
 
     async def cancel(self, task_ids: list[str]) -> list[str]:
         self._boot()

@@ -85,13 +85,15 @@ def decode_result(result: Any, blob: str | None) -> Any:
     return result
 
 
-def _claim(task_id: str, run: str, container_id: str) -> dict[str, Any]:
-    """Tell the registry this attempt starts; it answers the attempt number, or why not to run."""
+def _report_start(task_id: str, run: str, container_id: str) -> None:
+    """Tell the registry the attempt is running; fire and forget, the result follows anyway."""
     global _registry
-    if _registry is None:
-        _registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
-    claim: dict[str, Any] = ray.get(_registry.started.remote(task_id, run, container_id))
-    return claim
+    try:
+        if _registry is None:
+            _registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+        _registry.started.remote(task_id, run, container_id)
+    except Exception:  # the result carries the start time and the worker instead
+        log.warning("could not report the start of task %s", task_id, exc_info=True)
 
 
 def call_handler(
@@ -141,12 +143,9 @@ async def _await(value: Any) -> Any:
 def execute(
     bundle: FunctionBundle, attempt: Attempt, container_id: str, on_start_value: Any = None
 ) -> dict[str, Any]:
-    """Claim the attempt from the registry, then run it; the outcome goes back to the registry."""
+    """Run one attempt and describe how it ended, for the registry that awaits it."""
     started_at = time.time()
-    claim = _claim(attempt.task_id, attempt.run, container_id)
-    if "skip" in claim:
-        return {"ok": False, "skipped": True, "error": claim["skip"], "outputs": []}
-    attempt.attempt = claim["attempt"]
+    _report_start(attempt.task_id, attempt.run, container_id)
     outcome = call_handler(bundle, attempt, on_start_value)
     outcome.update(container_id=container_id, started_at=started_at)
     return outcome

@@ -1,17 +1,30 @@
-"""Webhooks on every final status, sent off the task's path, each attempt kept on the record."""
+"""Webhooks on every final status, sent off the task's path, each attempt kept on the record.
+
+Deliveries run as background tasks on the registry's event loop, through one shared
+`httpx.AsyncClient` (made on first use, inside that loop): a slow or dead receiver holds only
+its own delivery. Storage work (the signing key, presigned links) runs in a thread, so it
+never stalls the loop either. A registry that restarts sends the webhooks that its previous
+incarnation had not started (no attempt recorded yet), so a final status is announced at
+least once.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 import httpx
 
 from raybeam import webhooks
 from raybeam.middleware import Middleware
-from raybeam.record import TaskRecord
+from raybeam.record import TaskRecord, iso
 
 log = logging.getLogger("raybeam.webhooks")
+
+#: concurrent deliveries; past it, a delivery waits up to the connect timeout for a slot
+MAX_CONNECTIONS = 500
 
 
 class Webhooks(Middleware):
@@ -20,27 +33,66 @@ class Webhooks(Middleware):
     def __init__(self, registry: Any) -> None:
         super().__init__(registry)
         self.client: httpx.AsyncClient | None = None
+        #: ids of tasks whose webhook is being delivered by this incarnation
+        self.sending: set[str] = set()
+
+    def on_boot(self) -> None:
+        self.registry._spawn(self._resume())
 
     def on_final(self, rec: TaskRecord) -> None:
-        if rec.spec.callback_url:
-            self.registry._spawn(self._send(rec, rec.spec.callback_url))
+        self._start(rec)
+
+    def _start(self, rec: TaskRecord) -> None:
+        url = rec.spec.callback_url
+        if url and rec.id not in self.sending:
+            self.sending.add(rec.id)
+            self.registry._spawn(self._send(rec, url))
+
+    async def _resume(self) -> None:
+        # Once what the boot changed is stored, as on_final would have it.
+        await self.registry._persist()
+        for rec in list(self.registry.tasks.values()):
+            if rec.status.is_final and rec.spec.callback_url and rec.webhook is None:
+                self._start(rec)
 
     async def _send(self, rec: TaskRecord, url: str) -> None:
-        if self.client is None:
-            self.client = httpx.AsyncClient(follow_redirects=False)
-        outputs = self.registry._info(rec)["outputs"]
-        payload = webhooks.build_payload(
-            rec.id, rec.status.value, rec.result, outputs, rec.failure_reason
-        )
-        rec.webhook = {"url": url, "delivered": False, "attempts": []}
-        webhook = rec.webhook
+        webhook: dict[str, Any] = {"url": url, "delivered": False, "attempts": []}
 
         async def record(attempt: dict[str, Any]) -> None:
             webhook["attempts"].append(attempt)
             code = attempt.get("status_code")
             if isinstance(code, int) and 200 <= code < 300:
                 webhook["delivered"] = True
-            await self.registry._persist(rec)
+            rec.webhook = webhook
+            if self.registry.tasks.get(rec.id) is rec:  # not purged meanwhile
+                await self.registry._persist(rec)
 
-        key = self.registry.storage.signing_key()
-        await webhooks.deliver(url, payload, key, record, self.policy, client=self.client)
+        try:
+            try:
+                payload, key = await asyncio.to_thread(self._prepare, rec)
+            except Exception as exc:
+                log.exception("could not prepare the webhook of task %s", rec.id)
+                await record({"at": iso(time.time()), "error": f"not sent: {exc}"[:300]})
+                return
+            rec.webhook = webhook
+            await webhooks.deliver(url, payload, key, record, self.policy, client=self._client())
+        finally:
+            self.sending.discard(rec.id)
+
+    def _prepare(self, rec: TaskRecord) -> tuple[dict[str, Any], bytes]:
+        """The payload and the signing key; both may need the storage, so not on the loop."""
+        outputs = [out for hook in self.registry.hooks for out in hook.public_outputs(rec)]
+        payload = webhooks.build_payload(
+            rec.id, rec.status.value, rec.result, outputs, rec.failure_reason
+        )
+        key: bytes = self.registry.storage.signing_key()
+        return payload, key
+
+    def _client(self) -> httpx.AsyncClient:
+        # Made here, inside the actor's running loop, which every delivery then shares.
+        if self.client is None:
+            self.client = httpx.AsyncClient(
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20),
+            )
+        return self.client

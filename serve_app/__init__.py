@@ -1,0 +1,1 @@
+"""The HTTP API (SPEC §3): a thin FastAPI adapter over the registry, served by Ray Serve."""

@@ -1,0 +1,39 @@
+"""The FastAPI application: routes that translate HTTP to registry calls (SPEC §3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import FastAPI
+
+from serve_app import enqueue, errors, metrics, outputs, tasks
+from serve_app.registry import RayRegistry, RegistryClient
+from serve_app.schemas import Health
+
+
+def create_app(
+    tokens: Sequence[str] | None = None, registry: RegistryClient | None = None
+) -> FastAPI:
+    """The HTTP API; tokens default to `RAYBEAM_AUTH_TOKENS`, the registry to the Ray actor.
+
+    >>> app = create_app(tokens=["secret"])  # doctest: +SKIP
+    """
+    app = FastAPI(
+        title="raybeam",
+        summary="Enqueue tasks, follow them, fetch their outputs.",
+        version="0.1.0",
+    )
+    # None: RAYBEAM_AUTH_TOKENS, read where the app runs (a Serve replica, not the deployer)
+    app.state.auth_tokens = None if tokens is None else tuple(tokens)
+    app.state.registry = registry if registry is not None else RayRegistry()
+    errors.install(app)
+
+    @app.get("/healthz", response_model=Health, tags=["service"], summary="Liveness")
+    async def healthz() -> Health:
+        return Health(status="ok")
+
+    app.include_router(metrics.router)
+    app.include_router(tasks.router)
+    app.include_router(outputs.router)
+    app.include_router(enqueue.router)  # last: `POST /{name}` matches any single segment
+    return app

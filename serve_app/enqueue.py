@@ -1,0 +1,124 @@
+"""`POST /taskqueue/{name}` and `POST /{name}`: enqueue one call, as `.put()` does."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, Security
+
+from raybeam.enqueue import new_item
+from serve_app.auth import authenticate, configured_tokens, token_header
+from serve_app.errors import ApiError
+from serve_app.schemas import EnqueueBody, Enqueued, errors
+
+#: the largest body accepted
+MAX_BODY = 16 * 2**20
+_FORM_KEYS = frozenset({"args", "kwargs", "callback_url"})
+
+router = APIRouter(tags=["enqueue"])
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": (
+            '`{"args": [...], "kwargs": {...}, "callback_url": ...}`, or any other JSON '
+            "object taken whole as kwargs, or nothing"
+        ),
+        "content": {
+            "application/json": {
+                "schema": {
+                    "anyOf": [
+                        EnqueueBody.model_json_schema(),
+                        {"type": "object", "additionalProperties": True},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+def too_large() -> ApiError:
+    return ApiError(413, "PayloadTooLarge", f"the body is over {MAX_BODY} bytes (16 MiB)")
+
+
+def check_declared_size(request: Request) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.strip().isdigit():
+        raise ApiError(400, "InvalidBody", f"Content-Length {declared!r} is not a number")
+    if int(declared) > MAX_BODY:
+        raise too_large()
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it passes MAX_BODY, whatever Content-Length says."""
+    check_declared_size(request)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_body(raw: bytes) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
+    """(args, kwargs, overrides) from an enqueue body (SPEC §3)."""
+    if not raw.strip():
+        return [], {}, {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "InvalidBody", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            400,
+            "InvalidBody",
+            f'the body must be a JSON object, such as {{"kwargs": {{...}}}}; got a {type(body).__name__}',
+        )
+    if not (body.keys() <= _FORM_KEYS and body.keys() & {"args", "kwargs"}):
+        return [], body, {}
+    args, kwargs = body.get("args", []), body.get("kwargs", {})
+    if not isinstance(args, list):
+        raise ApiError(422, "InvalidArguments", '"args" must be a JSON array')
+    if not isinstance(kwargs, dict):
+        raise ApiError(422, "InvalidArguments", '"kwargs" must be a JSON object')
+    overrides = {"callback_url": body["callback_url"]} if "callback_url" in body else {}
+    return args, kwargs, overrides
+
+
+@router.post(
+    "/taskqueue/{name}",
+    response_model=Enqueued,
+    openapi_extra=_BODY_DOC,
+    responses=errors(400, 401, 404, 413, 422, 429, 503),
+    summary="Enqueue a task",
+)
+@router.post(
+    "/{name}",
+    response_model=Enqueued,
+    openapi_extra=_BODY_DOC,
+    responses=errors(400, 401, 404, 413, 422, 429, 503),
+    summary="Enqueue a task (short route)",
+)
+async def enqueue(
+    name: str, request: Request, authorization: str | None = Security(token_header)
+) -> Enqueued:
+    check_declared_size(request)
+    definition: dict[str, Any] | None = await request.app.state.registry.call("queue_info", name)
+    # an unknown queue is only told apart from a private one once the token is right
+    if definition is None or definition.get("authorized", True):
+        authenticate(configured_tokens(request), authorization)
+    if definition is None:
+        raise ApiError(404, "QueueNotFound", f"no queue named {name!r} is registered")
+    args, kwargs, overrides = parse_body(await read_body(request))
+    try:
+        item = new_item(definition, args, kwargs, overrides)
+    except RecursionError:
+        raise ApiError(422, "InvalidArguments", "the arguments are nested too deeply") from None
+    ids: list[str] = await request.app.state.registry.call("submit", name, [item])
+    return Enqueued(task_id=ids[0])

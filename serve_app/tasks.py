@@ -1,0 +1,110 @@
+"""`/v2/task/...`: read, list, cancel and follow tasks."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from raybeam.record import TaskStatus
+from serve_app.auth import require_token
+from serve_app.errors import ApiError
+from serve_app.schemas import CancelBody, Empty, TaskPage, TaskRecord, errors
+
+log = logging.getLogger("raybeam.http")
+
+#: seconds between keep-alive comments on an idle event stream
+KEEPALIVE = 15.0
+
+router = APIRouter(prefix="/v2/task", tags=["tasks"], dependencies=[Depends(require_token)])
+
+
+async def _record(request: Request, task_id: str) -> dict[str, Any]:
+    record: dict[str, Any] | None = await request.app.state.registry.call("get", task_id)
+    if record is None:
+        raise ApiError(404, "TaskNotFound", f"no task with id {task_id!r}")
+    return record
+
+
+@router.get("/", response_model=TaskPage, responses=errors(401, 422, 503), summary="List tasks")
+async def list_tasks(
+    request: Request,
+    queue: str | None = None,
+    status: str | None = Query(None, description="a status name, such as PENDING or COMPLETE"),
+    limit: int = Query(100, ge=1, le=1000),
+    cursor: str | None = Query(None, description="`next_cursor` of the previous page"),
+) -> JSONResponse:
+    wanted = None
+    if status is not None:
+        try:
+            wanted = TaskStatus.parse(status).value
+        except ValueError as exc:
+            raise ApiError(422, "ValidationError", str(exc)) from None
+    records, next_cursor = await request.app.state.registry.call(
+        "list", queue, wanted, limit, cursor
+    )
+    return JSONResponse({"tasks": records, "next_cursor": next_cursor})
+
+
+@router.delete(
+    "/cancel/", response_model=Empty, responses=errors(401, 422, 503), summary="Cancel tasks"
+)
+async def cancel(request: Request, body: CancelBody) -> dict[str, Any]:
+    if body.task_ids:
+        await request.app.state.registry.call("cancel", body.task_ids)
+    return {}
+
+
+@router.get(
+    "/{task_id}/", response_model=TaskRecord, responses=errors(401, 404, 503), summary="Get a task"
+)
+async def get_task(request: Request, task_id: str) -> JSONResponse:
+    return JSONResponse(await _record(request, task_id))
+
+
+@router.get(
+    "/{task_id}/subscribe",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "server-sent `status` events, each with the task record as data",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **errors(401, 404, 503),
+    },
+    summary="Follow a task's status",
+)
+async def subscribe(request: Request, task_id: str) -> StreamingResponse:
+    first = await _record(request, task_id)
+    return StreamingResponse(
+        _events(request, first),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _event(record: dict[str, Any]) -> str:
+    return f"event: status\ndata: {json.dumps(record)}\n\n"
+
+
+async def _events(request: Request, record: dict[str, Any]) -> AsyncIterator[str]:
+    yield _event(record)
+    registry = request.app.state.registry
+    while not TaskStatus(record["status"]).is_final:
+        try:
+            latest = await registry.call("watch", record["id"], record["status"], KEEPALIVE)
+        except Exception as exc:  # the answer has started: the stream can only say so and end
+            log.warning("event stream of task %s ended early: %s", record["id"], exc)
+            yield f"event: error\ndata: {json.dumps({'error': type(exc).__name__, 'detail': str(exc)})}\n\n"
+            return
+        if latest is None:
+            return
+        if (latest["status"], latest["updated_at"]) == (record["status"], record["updated_at"]):
+            yield ": keep-alive\n\n"
+            continue
+        record = latest
+        yield _event(record)

@@ -1,0 +1,373 @@
+"""Webhooks from the registry on the session's Ray cluster to a real receiver (SPEC §3, §4).
+
+The receiver is a ThreadingHTTPServer on loopback. Each test takes fresh paths on it, each
+with its own scripted answers, so late deliveries never mix between tests. Delivery runs with
+the registry's default policy: 3 attempts, backoff 1 s then 2 s, read timeout 10 s.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
+from typing import Any
+
+import pytest
+import ray
+
+import raybeam
+from raybeam import (
+    InvalidWebhookSignature,
+    Output,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailed,
+    TaskStatus,
+    TaskTimeout,
+    task_queue,
+    verify_webhook,
+)
+from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
+from raybeam.connection import call
+from raybeam.storage import Storage
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(90)]
+
+HANG = "hang"  # an answer: hold the request, answer nothing (until the receiver stops)
+PAYLOAD_KEYS = {"task_id", "status", "data", "outputs", "failure_reason"}
+
+
+@dataclass
+class Delivery:
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+class Receiver:
+    """Webhook receiver: `hook(...)` makes a URL whose requests get the scripted answers."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.scripts: dict[str, list[int | str]] = {}
+        self.then: dict[str, int | str] = {}
+        self.deliveries: dict[str, list[Delivery]] = {}
+        self.changed = threading.Condition()
+        self.stopping = threading.Event()
+
+    def hook(self, *answers: int | str, then: int | str = 200) -> str:
+        path = f"/hook/{uuid.uuid4().hex}"
+        self.scripts[path], self.then[path] = list(answers), then
+        self.deliveries[path] = []
+        return self.base + path
+
+    def answer(self, path: str, delivery: Delivery) -> int | str:
+        with self.changed:
+            self.deliveries.setdefault(path, []).append(delivery)
+            self.changed.notify_all()
+            script = self.scripts.get(path, [])
+            return script.pop(0) if script else self.then.get(path, 404)
+
+    def received(self, url: str) -> list[Delivery]:
+        with self.changed:
+            return list(self.deliveries[url.removeprefix(self.base)])
+
+    def wait(self, url: str, count: int, within: float = 30) -> list[Delivery]:
+        path = url.removeprefix(self.base)
+        with self.changed:
+            ok = self.changed.wait_for(lambda: len(self.deliveries[path]) >= count, within)
+            got = list(self.deliveries[path])
+        assert ok, f"{url} received {len(got)} of {count} deliveries within {within} s"
+        return got
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    box: list[Receiver] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            delivery = Delivery(dict(self.headers.items()), body, time.time())
+            answer = box[0].answer(self.path, delivery)
+            if answer == HANG:
+                box[0].stopping.wait(60)
+                return
+            try:
+                self.send_response(int(answer))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+            except OSError:
+                pass  # the sender gave up meanwhile
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    box.append(Receiver(f"http://127.0.0.1:{server.server_address[1]}"))
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield box[0]
+    finally:
+        box[0].stopping.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def key(ray_cluster: Any) -> bytes:
+    """The registry's signing key: generated and persisted in the session's storage."""
+    return Storage(ray_cluster.storage).signing_key()
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
+
+
+def unix(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def wait_webhook(
+    task: raybeam.Task, done: Callable[[dict[str, Any]], bool], within: float = 30
+) -> dict[str, Any]:
+    """The task record once `done(record["webhook"])` holds."""
+    deadline = time.monotonic() + within
+    while True:
+        info = task.info()
+        if done(info["webhook"]):
+            return info
+        assert time.monotonic() < deadline, f"webhook of {task.id} never got there: {info}"
+        time.sleep(0.1)
+
+
+def delivered(webhook: dict[str, Any]) -> bool:
+    return bool(webhook["delivered"])
+
+
+def check_signed(delivery: Delivery, key: bytes, task: raybeam.Task, status: str) -> dict[str, Any]:
+    payload = verify_webhook(delivery.body, delivery.headers, key)
+    assert set(payload) == PAYLOAD_KEYS
+    assert payload["task_id"] == delivery.headers["X-Task-ID"] == task.id
+    assert payload["status"] == delivery.headers["X-Task-Status"] == status
+    assert delivery.headers["Content-Type"] == "application/json"
+    assert abs(int(delivery.headers["X-Task-Timestamp"]) - delivery.at) <= 5
+    assert len(delivery.headers["X-Task-Signature"]) == 64
+    return payload
+
+
+def test_one_signed_delivery_per_final_status(
+    receiver: Receiver, key: bytes, ray_cluster: Any, unique_name: str
+) -> None:
+    default, override = receiver.hook(), receiver.hook()
+
+    @task_queue(name=unique_name, cpu=0.25, callback_url=default)
+    def double(x: int) -> dict[str, int]:
+        return {"doubled": 2 * x}
+
+    @task_queue(name=unique_name + "_fail", cpu=0.25, retries=0)
+    def fail() -> None:
+        raise ValueError("boom")
+
+    @task_queue(name=unique_name + "_slow", cpu=0.25, timeout=1, retries=0)
+    def slow() -> None:
+        time.sleep(30)
+
+    @task_queue(name=unique_name + "_h100", gpu="H100")
+    def never() -> None: ...
+
+    @task_queue(name=unique_name + "_file", cpu=0.25)
+    def saves() -> None:
+        Output.from_bytes("result.txt", b"42").save()
+
+    urls = {s: receiver.hook() for s in ("FAILED", "TIMEOUT", "CANCELLED", "EXPIRED", "FILE")}
+    tasks = {
+        "COMPLETE": double.put(x=1),
+        "FAILED": fail.options(callback_url=urls["FAILED"]).put(),
+        "TIMEOUT": slow.options(callback_url=urls["TIMEOUT"]).put(),
+        "CANCELLED": never.options(callback_url=urls["CANCELLED"]).put(),
+        "EXPIRED": never.options(callback_url=urls["EXPIRED"], ttl=1).put(),
+        "FILE": saves.options(callback_url=urls["FILE"]).put(),
+    }
+    overridden = double.options(callback_url=override).put(x=2)
+    urls.update(COMPLETE=default)
+    tasks["CANCELLED"].cancel()
+    assert tasks["COMPLETE"].result(timeout=60) == {"doubled": 2}
+    assert overridden.result(timeout=60) == {"doubled": 4}
+    assert tasks["FILE"].result(timeout=60) is None
+    for name, error in [
+        ("FAILED", TaskFailed),
+        ("TIMEOUT", TaskTimeout),
+        ("CANCELLED", TaskCancelled),
+        ("EXPIRED", TaskExpired),
+    ]:
+        with pytest.raises(error):
+            tasks[name].result(timeout=30)
+
+    payloads = {}
+    for name, task in tasks.items():
+        status = "COMPLETE" if name == "FILE" else name
+        (delivery,) = receiver.wait(urls[name], 1)
+        payloads[name] = payload = check_signed(delivery, key, task, status)
+        info = wait_webhook(task, delivered)
+        assert info["status"] == status
+        assert payload["failure_reason"] == info["failure_reason"]
+        # the final status was stored before the webhook went out
+        assert unix(info["ended_at"]) <= delivery.at
+        webhook = info["webhook"]
+        assert set(webhook) == {"url", "delivered", "attempts"}
+        assert webhook["url"] == urls[name]
+        (attempt,) = webhook["attempts"]
+        assert set(attempt) == {"at", "status_code"} and attempt["status_code"] == 200
+        assert attempt["at"].endswith("Z") and unix(attempt["at"]) >= unix(info["ended_at"])
+
+    assert payloads["COMPLETE"]["data"] == {"doubled": 2}
+    assert payloads["COMPLETE"]["outputs"] == []
+    assert payloads["COMPLETE"]["failure_reason"] is None
+    assert payloads["FAILED"]["data"] is None
+    assert "ValueError: boom" in payloads["FAILED"]["failure_reason"]
+    assert "timeout of 1 s" in payloads["TIMEOUT"]["failure_reason"]
+    assert payloads["CANCELLED"]["failure_reason"] == "cancelled"
+    assert "ttl of 1 s" in payloads["EXPIRED"]["failure_reason"]
+    # a task that returned nothing but saved an output: data is the first output's link
+    (output,) = payloads["FILE"]["outputs"]
+    assert output["name"] == "result.txt" and output["expires_in"] == 3600
+    assert payloads["FILE"]["data"] == {"url": output["url"]}
+    output_id, query = output["url"].split("/output/id/")[1].split("?")
+    expires, signature = (part.split("=")[1] for part in query.split("&"))
+    assert Storage(ray_cluster.storage).verify_local_link(output_id, expires, signature)
+
+    # the per-call callback_url replaced the queue's: one delivery each, nothing repeated
+    check_signed(receiver.wait(override, 1)[0], key, overridden, "COMPLETE")
+    time.sleep(0.5)
+    assert {len(receiver.received(u)) for u in [*urls.values(), override]} == {1}
+
+
+def test_verify_webhook_rejects_tampering(receiver: Receiver, key: bytes, unique_name: str) -> None:
+    url = receiver.hook()
+
+    @task_queue(name=unique_name, cpu=0.25, callback_url=url)
+    def value() -> int:
+        return 7
+
+    task = value.put()
+    (delivery,) = receiver.wait(url, 1)
+    body, headers = delivery.body, delivery.headers
+    assert verify_webhook(body, headers, key)["data"] == 7
+    assert verify_webhook(body.decode(), {k.lower(): v for k, v in headers.items()}, key.decode())
+    with pytest.raises(InvalidWebhookSignature, match="does not match"):
+        verify_webhook(body.replace(b'"data":7', b'"data":8'), headers, key)
+    with pytest.raises(InvalidWebhookSignature, match="does not match"):
+        verify_webhook(body, headers, key + b"x")
+    later = {**headers, "X-Task-Timestamp": str(int(headers["X-Task-Timestamp"]) + 1)}
+    with pytest.raises(InvalidWebhookSignature, match="does not match"):
+        verify_webhook(body, later, key)
+    with pytest.raises(InvalidWebhookSignature, match="missing"):
+        verify_webhook(body, {k: v for k, v in headers.items() if k != "X-Task-Signature"}, key)
+    assert task.status() is TaskStatus.COMPLETE
+
+
+def test_500_500_200_is_three_deliveries_recorded_on_the_task(
+    receiver: Receiver, key: bytes, unique_name: str
+) -> None:
+    url = receiver.hook(500, 500)
+
+    @task_queue(name=unique_name, cpu=0.25, callback_url=url)
+    def one() -> int:
+        return 1
+
+    task = one.put()
+    assert task.result(timeout=60) == 1
+    deliveries = receiver.wait(url, 3, within=20)
+    for delivery in deliveries:
+        check_signed(delivery, key, task, "COMPLETE")
+    assert len({d.body for d in deliveries}) == 1
+    # backoff: 1 s, then 2 s
+    gaps = [b.at - a.at for a, b in pairwise(deliveries)]
+    assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps
+    info = wait_webhook(task, delivered)
+    assert [a["status_code"] for a in info["webhook"]["attempts"]] == [500, 500, 200]
+    assert info["status"] == "COMPLETE"
+    time.sleep(0.5)
+    assert len(receiver.received(url)) == 3
+
+
+def test_dead_and_hanging_receivers_do_not_slow_other_tasks(
+    receiver: Receiver, unique_name: str
+) -> None:
+    @task_queue(name=unique_name, cpu=0.25)
+    def quick(i: int) -> int:
+        return i
+
+    def batch() -> float:
+        start = time.monotonic()
+        tasks = quick.map(list(range(8)))
+        raybeam.wait(tasks, timeout=60)
+        assert [t.result() for t in tasks] == list(range(8))
+        return time.monotonic() - start
+
+    batch()  # workers started
+    baseline = batch()
+
+    @task_queue(name=unique_name + "_bad", cpu=0.25)
+    def bad(i: int) -> int:
+        return i
+
+    hang_url, dead_url = receiver.hook(then=HANG), closed_port_url()
+    hanging = bad.options(callback_url=hang_url).map([0, 1, 2])
+    dead = bad.options(callback_url=dead_url).map([3, 4, 5])
+    raybeam.wait(hanging + dead, timeout=60)
+    receiver.wait(hang_url, 3)
+    for task in hanging:  # final and readable while its webhook is held by the receiver
+        info = task.info()
+        assert info["status"] == "COMPLETE"
+        assert info["webhook"] == {"url": hang_url, "delivered": False, "attempts": []}
+    # A delivery that held the registry's loop would hold it for the 10 s read timeout.
+    slowed = batch()
+    assert slowed < baseline + 5.0, (baseline, slowed)
+
+    # no retry after a read timeout (the receiver may have acted on it)
+    for task in hanging:
+        info = wait_webhook(task, lambda w: bool(w["attempts"]), within=30)
+        (attempt,) = info["webhook"]["attempts"]
+        assert "ReadTimeout" in attempt["error"]
+        assert info["webhook"]["delivered"] is False
+        assert info["status"] == "COMPLETE"
+    for task in dead:  # connection refused: retried, 3 attempts in all
+        info = wait_webhook(task, lambda w: len(w["attempts"]) == 3, within=30)
+        assert all("ConnectError" in a["error"] for a in info["webhook"]["attempts"])
+        assert info["webhook"]["delivered"] is False
+        assert info["status"] == "COMPLETE"
+    assert len(receiver.received(hang_url)) == 3
+
+
+def test_a_webhook_cut_short_by_a_registry_restart_is_sent_again(
+    receiver: Receiver, key: bytes, unique_name: str
+) -> None:
+    url = receiver.hook(HANG)
+
+    @task_queue(name=unique_name, cpu=0.25, callback_url=url)
+    def done() -> str:
+        return "done"
+
+    task = done.put()
+    assert task.result(timeout=60) == "done"
+    receiver.wait(url, 1)  # in flight, nothing recorded yet
+    ray.kill(ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE))
+    call("ping")  # the next registry loads the state and boots
+    second = receiver.wait(url, 2)[1]
+    check_signed(second, key, task, "COMPLETE")
+    info = wait_webhook(task, delivered)
+    assert [a["status_code"] for a in info["webhook"]["attempts"]] == [200]
