@@ -23,6 +23,7 @@ def word_stats(text: str, context: TaskContext | None = None) -> dict[str, objec
 
 def main() -> None:
     os.environ.setdefault("RAYBEAM_STORAGE", os.path.join(tempfile.gettempdir(), "raybeam-demo"))
+    token = os.environ.setdefault("RAYBEAM_AUTH_TOKENS", "demo-token").split(",")[0]
     texts = ["the quick brown fox", "jumps over the lazy dog", "raybeam runs on ray"]
 
     task = word_stats.put(text="hello from python")
@@ -43,7 +44,7 @@ def main() -> None:
     request = urllib.request.Request(
         f"{base}/taskqueue/word_stats",
         data=json.dumps({"text": "hello over http"}).encode(),
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=30) as response:

@@ -21,7 +21,7 @@ log = logging.getLogger("raybeam.http")
 #: the Serve application's name
 APP_NAME = "raybeam"
 #: access logs are off unless a Serve config turns them on
-QUIET = LoggingConfig(enable_access_log=False)
+QUIET = LoggingConfig(enable_access_log=False, log_level="WARNING")
 
 api = create_app()
 
@@ -69,6 +69,7 @@ def deploy(host: str | None = None, port: int | None = None, blocking: bool = Fa
     'http://127.0.0.1:8000'
     """
     s = settings()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's progress chatter
     host = host or s.http_host
     port = port or s.http_port
     serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)
