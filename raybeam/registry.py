@@ -27,7 +27,7 @@ from raybeam.errors import QueueFull, QueueNotFound
 from raybeam.journal import Entry, Journal
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
 from raybeam.resources import pick_gpu_type
-from raybeam.runner import Attempt, remote_attempt
+from raybeam.runner import START_REPORT_DELAY, Attempt, remote_attempt
 from raybeam.storage import Storage
 
 log = logging.getLogger("raybeam.registry")
@@ -303,9 +303,10 @@ class Registry:
         self._set_status(rec, RUNNING)
         if at is not None and rec.attempts == 1:
             rec.started_at = min(at, rec.started_at or at)
-        timeout = rec.spec.timeout
-        if timeout > 0:
-            asyncio.get_running_loop().call_later(timeout, self._on_timeout, rec.id, rec.run)
+        if rec.spec.timeout > 0:
+            # the worker reports a start START_REPORT_DELAY after it happened
+            delay = max(0.0, rec.spec.timeout - START_REPORT_DELAY)
+            asyncio.get_running_loop().call_later(delay, self._on_timeout, rec.id, rec.run)
 
     # ---- submitting attempts ----------------------------------------------------------
 
@@ -554,6 +555,17 @@ class Registry:
         self._boot()
         rec = self.tasks.get(task_id)
         return None if rec is None else list(rec.history)
+
+    async def output_location(self, task_id: str, name: str | None) -> dict[str, Any] | None:
+        """Where a task's output is stored: the storage URL and its key (first one by default)."""
+        self._boot()
+        rec = self.tasks.get(task_id)
+        if rec is None:
+            return None
+        for output in rec.outputs:
+            if name is None or output["name"] == name:
+                return {"storage": self.storage_url, "key": output["key"], "name": output["name"]}
+        return {"storage": self.storage_url, "key": None, "names": [o["name"] for o in rec.outputs]}
 
     async def exists(self, task_ids: list[str]) -> list[bool]:
         self._boot()

@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -48,6 +49,9 @@ class Attempt:
     timeout: int
     storage_url: str
 
+
+#: seconds an attempt runs before the registry hears that it started (status RUNNING)
+START_REPORT_DELAY = 0.1
 
 _bundles: dict[str, FunctionBundle] = {}
 _registry: Any = None
@@ -145,8 +149,17 @@ def execute(
 ) -> dict[str, Any]:
     """Run one attempt and describe how it ended, for the registry that awaits it."""
     started_at = time.time()
-    _report_start(attempt.task_id, attempt.run, container_id)
-    outcome = call_handler(bundle, attempt, on_start_value)
+    # Short attempts need no start report (their result carries the start); a longer one
+    # is reported after START_REPORT_DELAY, which keeps the registry off the hot path.
+    report = threading.Timer(
+        START_REPORT_DELAY, _report_start, (attempt.task_id, attempt.run, container_id)
+    )
+    report.daemon = True
+    report.start()
+    try:
+        outcome = call_handler(bundle, attempt, on_start_value)
+    finally:
+        report.cancel()
     outcome.update(container_id=container_id, started_at=started_at)
     return outcome
 

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 from raybeam import connection
-from raybeam.errors import TaskCancelled, TaskExpired, TaskFailed, TaskNotFound, TaskTimeout
+from raybeam.errors import (
+    InvalidOutputPath,
+    TaskCancelled,
+    TaskExpired,
+    TaskFailed,
+    TaskNotFound,
+    TaskTimeout,
+)
 from raybeam.record import TaskStatus
 from raybeam.runner import decode_result
 
@@ -55,6 +62,25 @@ class Task:
         """The saved outputs as `{name, url, expires_in}`, links signed afresh."""
         outputs: list[dict[str, Any]] = self.info()["outputs"]
         return outputs
+
+    def open_output(self, name: str | None = None) -> IO[bytes]:
+        """Open a saved output for reading (the first one when `name` is None), straight from
+        storage: this process needs access to `RAYBEAM_STORAGE`, as a worker has.
+
+        >>> with task.open_output("sum.txt") as f:  # doctest: +SKIP
+        ...     data = f.read()
+        """
+        from raybeam.storage import storage_from_settings
+
+        where = connection.call("output_location", self.id, name)
+        if where is None:
+            raise TaskNotFound(f"no task with id {self.id!r}")
+        if where["key"] is None:
+            raise InvalidOutputPath(
+                f"task {self.id} has no output named {name!r}; it has {where['names']}"
+            )
+        stream: IO[bytes] = storage_from_settings(where["storage"]).open(where["key"], "rb")
+        return stream
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the task to end and return its value, or raise what ended it.

@@ -134,6 +134,15 @@ def test_file_folder_bytes_and_image_are_listed_and_stored(saved: Saved, ray_clu
     assert not Path(saved.result["cwd"]).exists()
 
 
+def test_open_output_reads_from_storage(saved: Saved) -> None:
+    with saved.task.open_output("data.bin") as f:
+        assert f.read() == saved.blob
+    with saved.task.open_output() as f:  # the first output
+        assert f.read() == b"20"
+    with pytest.raises(InvalidOutputPath, match=r"no output named 'nope'"):
+        saved.task.open_output("nope")
+
+
 def test_links_are_signed_afresh_on_every_read(saved: Saved, ray_cluster: Any) -> None:
     storage = Storage(ray_cluster.storage)
     first = [parse_link(o["url"]) for o in saved.task.outputs()]
