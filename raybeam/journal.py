@@ -11,11 +11,12 @@ renamed into place, so a crash leaves either the whole batch or none of it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import fsspec
@@ -142,3 +143,71 @@ class Journal:
                 return data
         except FileNotFoundError:
             return None
+
+
+class GroupCommit:
+    """Batches changes into journal writes; a caller waits until its change is stored.
+
+    Changes staged while a write is under way go into the next one, so under load the
+    number of writes stays far below the number of changes. A value is serialised when its
+    batch is written, so a record changed twice in one batch is written once, as it is then.
+    """
+
+    #: compact the journal into a snapshot after this many batches
+    snapshot_every = 500
+
+    def __init__(
+        self,
+        journal: Journal,
+        serialise: Callable[[Any], Any],
+        everything: Callable[[], list[Entry]],
+    ) -> None:
+        self.journal = journal
+        self.serialise = serialise
+        self.everything = everything
+        self.staged: dict[tuple[str, str], Any] = {}
+        self.waiters: list[asyncio.Future[None]] = []
+        self.wake = asyncio.Event()
+
+    def stage(self, kind: str, key: str, value: Any) -> None:
+        """Note a change (None deletes) for the next batch, without waiting for it."""
+        self.staged[(kind, key)] = value
+        self.wake.set()
+
+    async def commit(self) -> None:
+        """Return once every change staged so far is stored."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        self.wake.set()
+        await fut
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if not self.staged and not self.waiters:
+                continue
+            batch, waiters = self.staged, self.waiters
+            self.staged, self.waiters = {}, []
+            entries = [{"t": k[0], "k": k[1], "d": self.serialise(v)} for k, v in batch.items()]
+            delay = 0.1
+            while entries:
+                try:
+                    await asyncio.to_thread(self.journal.append, entries)
+                    break
+                except Exception:
+                    log.exception("could not store registry state; retrying in %.1f s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10)
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            if self.journal.batches_since_snapshot >= self.snapshot_every:
+                await self._compact()
+
+    async def _compact(self) -> None:
+        entries = self.everything()
+        try:
+            await asyncio.to_thread(self.journal.snapshot, entries, self.journal.seq)
+        except Exception:
+            log.exception("could not write a registry snapshot; the journal stays as it is")

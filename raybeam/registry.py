@@ -24,7 +24,8 @@ import ray
 from raybeam import middleware
 from raybeam.containers import ContainerPool
 from raybeam.errors import QueueFull, QueueNotFound
-from raybeam.journal import Entry, Journal
+from raybeam.journal import Entry, GroupCommit, Journal
+from raybeam.middleware.retention import Retention
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
 from raybeam.resources import pick_gpu_type
 from raybeam.runner import START_REPORT_DELAY, Attempt, remote_attempt
@@ -32,8 +33,6 @@ from raybeam.storage import Storage
 
 log = logging.getLogger("raybeam.registry")
 
-#: compact the journal into a snapshot after this many batches
-SNAPSHOT_EVERY = 500
 #: attempts cut short by a registry restart beyond `retries` before a task is given up
 RESTART_ALLOWANCE = 3
 #: seconds before the first retry; doubled for each one after
@@ -123,12 +122,11 @@ class Registry:
         self.blob_refs: dict[str, ray.ObjectRef[Any]] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
-        self.pending_writes: dict[tuple[str, str], Any] = {}
-        self.write_waiters: list[asyncio.Future[None]] = []
         self.resources: tuple[float, dict[str, float]] = (0.0, {})
         self.background: set[asyncio.Task[Any]] = set()
         self.booted = False
         self.hooks = middleware.load(self)
+        self.retention = next(h for h in self.hooks if isinstance(h, Retention))
         # Resume unfinished work even if no client calls in after a restart.
         ray.get_runtime_context().current_actor.ping.remote()
 
@@ -138,8 +136,8 @@ class Registry:
         if self.booted:
             return
         self.booted = True
-        self.wake = asyncio.Event()
-        self._spawn(self._flush_loop())
+        self.commits = GroupCommit(self.journal, _serialise, self._everything)
+        self._spawn(self.commits.run())
         now = time.time()
         for rec in list(self.tasks.values()):
             if rec.status.is_final:
@@ -161,7 +159,6 @@ class Registry:
             if rec.status is PENDING:
                 self._schedule_ttl(rec, now)
             self._submit(rec)
-        self._spawn(self._retention_loop())
         self._spawn(self._container_loop())
         for hook in self.hooks:
             hook.on_boot()
@@ -176,87 +173,28 @@ class Registry:
         self._boot()
         return {"tasks": len(self.tasks), "load_problems": self.load_problems}
 
-    async def _retention_loop(self) -> None:
-        interval = min(3600.0, max(1.0, self.retention_seconds / 10))
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.purge(self.retention_seconds)
-            except Exception:
-                log.exception("retention sweep failed; trying again in %.0f s", interval)
-
     async def purge(self, older_than_seconds: float) -> int:
         """Forget final tasks that ended over `older_than_seconds` ago, outputs included."""
         self._boot()
-        cutoff = time.time() - older_than_seconds
-        old = [
-            r for r in self.tasks.values()
-            if r.status.is_final and (r.ended_at or r.updated_at) < cutoff
-        ]  # fmt: skip
-        for rec in old:
-            del self.tasks[rec.id]
-            self.pending_writes[("task", rec.id)] = None
-        if old:
-            await self._persist()
-            folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs}
-            await asyncio.to_thread(self._remove_outputs, folders)
-        return len(old)
+        purged: int = await self.retention.purge(older_than_seconds)
+        return purged
 
-    def _remove_outputs(self, folders: set[str]) -> None:
-        for folder in folders:
-            try:
-                if self.storage.exists(folder):
-                    self.storage.rm(folder, recursive=True)
-            except Exception:
-                log.warning("could not remove outputs in %s", folder, exc_info=True)
-
-    # ---- persistence (group commit) ---------------------------------------------------
+    # ---- persistence ----------------------------------------------------------------
 
     def _dirty(self, rec: TaskRecord) -> None:
-        self.pending_writes[("task", rec.id)] = rec
+        self.commits.stage("task", rec.id, rec)
 
     async def _persist(self, *records: TaskRecord) -> None:
         """Return once every change so far (these records' included) is stored."""
         for rec in records:
             self._dirty(rec)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.write_waiters.append(fut)
-        self.wake.set()
-        await fut
+        await self.commits.commit()
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            if not self.pending_writes and not self.write_waiters:
-                continue
-            batch, waiters = self.pending_writes, self.write_waiters
-            self.pending_writes, self.write_waiters = {}, []
-            entries = [{"t": k[0], "k": k[1], "d": _serialise(v)} for k, v in batch.items()]
-            delay = 0.1
-            while True:
-                try:
-                    if entries:
-                        await asyncio.to_thread(self.journal.append, entries)
-                    break
-                except Exception:
-                    log.exception("could not store registry state; retrying in %.1f s", delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10)
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            if self.journal.batches_since_snapshot >= SNAPSHOT_EVERY:
-                await self._compact()
-
-    async def _compact(self) -> None:
+    def _everything(self) -> list[Entry]:
         entries: list[Entry] = [{"t": "queue", "k": k, "d": v} for k, v in self.queues.items()]
         entries += [{"t": "payload", "k": k, "d": v} for k, v in self.payloads.items()]
         entries += [{"t": "task", "k": r.id, "d": r.to_json()} for r in self.tasks.values()]
-        try:
-            await asyncio.to_thread(self.journal.snapshot, entries, self.journal.seq)
-        except Exception:
-            log.exception("could not write a registry snapshot; the journal stays as it is")
+        return entries
 
     # ---- status changes: the one place counters, refs and hooks follow ------------------
 
@@ -279,7 +217,7 @@ class Registry:
             self.depth[rec.queue] -= 1
             self.refs.pop(rec.id, None)
             if self.payloads.pop(rec.id, None) is not None:
-                self.pending_writes[("payload", rec.id)] = None
+                self.commits.stage("payload", rec.id, None)
 
     def _finish(self, rec: TaskRecord, status: TaskStatus) -> None:
         """Make `rec` final; waiters and hooks run once the change is stored."""
@@ -468,11 +406,8 @@ class Registry:
         await asyncio.to_thread(self.journal.store_blob, f"{digest}.pkl", blob)
         self.blob_refs.setdefault(digest, ray.put(blob))
         self.queues[definition["name"]] = definition
-        self.pending_writes[("queue", definition["name"])] = definition
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.write_waiters.append(fut)
-        self.wake.set()
-        await fut
+        self.commits.stage("queue", definition["name"], definition)
+        await self.commits.commit()
 
     async def queue_info(self, name: str) -> dict[str, Any] | None:
         self._boot()
@@ -499,7 +434,7 @@ class Registry:
             rec = TaskRecord(id=item["id"], queue=queue, spec=spec, created_at=now, updated_at=now)
             self.tasks[rec.id] = rec
             self.payloads[rec.id] = item["payload"]
-            self.pending_writes[("payload", rec.id)] = item["payload"]
+            self.commits.stage("payload", rec.id, item["payload"])
             self.depth[queue] += 1
             records.append(rec)
         await self._persist(*records)
@@ -519,7 +454,6 @@ class Registry:
         # Stored with the next batch; nobody waits on this, and a registry that dies before
         # storing it finds the task unstarted and runs it again.
         self._dirty(rec)
-        self.wake.set()
 
     async def cancel(self, task_ids: list[str]) -> list[str]:
         self._boot()

@@ -33,6 +33,12 @@ class Middleware:
 def load(registry: Any) -> list[Middleware]:
     from raybeam.middleware.metrics import LatencyMetrics
     from raybeam.middleware.outputs import OutputLinks
+    from raybeam.middleware.retention import Retention
     from raybeam.middleware.webhooks import Webhooks
 
-    return [OutputLinks(registry), Webhooks(registry), LatencyMetrics(registry)]
+    return [
+        OutputLinks(registry),
+        Webhooks(registry),
+        LatencyMetrics(registry),
+        Retention(registry),
+    ]
