@@ -84,7 +84,7 @@ _GONE = (
     ray.exceptions.RayActorError,  # died, or unavailable while it restarts
     ray.exceptions.OutOfMemoryError,  # the memory monitor stopped it mid-call
 )
-_RETRIES = 5
+_RETRIES = 8
 
 
 def _unwrap(exc: ray.exceptions.RayTaskError) -> BaseException:
@@ -106,7 +106,7 @@ def call(method: str, *args: Any, timeout: float | None = None) -> Any:
             if attempt == _RETRIES - 1:
                 raise
             forget_registry()
-            time.sleep(0.2 * 2**attempt)
+            time.sleep(min(0.2 * 2**attempt, 2.0))
     raise AssertionError("unreachable")
 
 
@@ -122,5 +122,5 @@ async def acall(method: str, *args: Any) -> Any:
             if attempt == _RETRIES - 1:
                 raise
             forget_registry()
-            await asyncio.sleep(0.2 * 2**attempt)
+            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
     raise AssertionError("unreachable")

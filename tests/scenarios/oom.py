@@ -8,8 +8,10 @@ import time
 import psutil
 
 vm = psutil.virtual_memory()
-# Kill at about 1.5 GiB above what the machine uses now.
-threshold = min(0.95, (vm.total - vm.available + 1.5 * 2**30) / vm.total)
+# Kill at about 3 GiB above what the machine uses now: killing the hog then frees more than
+# the buffer Ray's monitor wants below its threshold (5% of memory, at most 3 GiB), so the
+# monitor has no reason to take a second worker.
+threshold = min(0.95, (vm.total - vm.available + 3 * 2**30) / vm.total)
 os.environ["RAY_memory_usage_threshold"] = f"{threshold:.3f}"
 
 from _cluster import start_local_ray
