@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +15,9 @@ import raybeam
 from raybeam import TaskContext, task_queue
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.connection import call
+from tests.support import scenarios
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
-SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def live_registry() -> Any:
@@ -99,24 +95,8 @@ def test_purge_forgets_old_final_tasks_and_their_outputs(
     assert not folder.exists()
 
 
-def run_scenario(name: str, tmp_path: Path, *args: str, timeout: float = 150) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYBEAM_")}
-    env.pop("RAY_ADDRESS", None)
-    env["RAYBEAM_STORAGE"] = str(tmp_path / "storage")
-    # Ray's socket paths must stay short, so its temp dir lives under /tmp.
-    env["RB_SCENARIO_TMP"] = scratch = tempfile.mkdtemp(prefix="rbs-", dir="/tmp")
-    try:
-        out = subprocess.run(
-            [sys.executable, str(SCENARIOS / f"{name}.py"), str(tmp_path), *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    assert out.returncode == 0, f"{name} {args} failed:\n{out.stdout}\n{out.stderr[-4000:]}"
-    return out.stdout
+def run_scenario(name: str, tmp_path: Path, *args: str) -> str:
+    return scenarios.run_scenario(name, str(tmp_path), *args, storage=str(tmp_path / "storage"))
 
 
 def test_full_cluster_restart_resumes_and_corrupt_state_is_skipped(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import re
 import shutil
-import sys
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -28,12 +27,7 @@ from raybeam.context import TaskContext, reset_context, set_context
 from raybeam.errors import InvalidOutputPath, OutsideTask, RaybeamError
 from raybeam.outputs import Output
 from raybeam.storage import Storage, storage_from_settings
-
-try:
-    from tests.support.moto_server import create_bucket, moto_s3
-except ModuleNotFoundError:  # the repository root is not on sys.path (no pytest `pythonpath`)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.support.moto_server import create_bucket, moto_s3
+from tests.support.moto_server import create_bucket, moto_s3
 
 BUCKET = "raybeam-outputs"
 KEY = re.compile(r"outputs/handler/(?P<task>[0-9a-f-]{36})/(?P<id>[0-9a-f]{32})/(?P<name>[^/]+)")

@@ -19,12 +19,7 @@ import pytest
 
 from raybeam import config
 from raybeam.storage import SIGNING_KEY, Storage, storage_from_settings, sweep_outputs
-
-try:
-    from tests.support.moto_server import create_bucket, moto_s3
-except ModuleNotFoundError:  # the repository root is not on sys.path (no pytest `pythonpath`)
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from tests.support.moto_server import create_bucket, moto_s3
+from tests.support.moto_server import create_bucket, moto_s3
 
 BUCKET = "raybeam-tests"
 MiB = 2**20
