@@ -1,12 +1,17 @@
 """The registry's durable state through fsspec: batched, atomic, replayable.
 
 Layout under `<storage>/registry/`:
-  journal/<seq>.jsonl   one file per committed batch, each line one entry
-  snapshot/<seq>.json   every live entry as of batch <seq>; journal files up to it are removed
+  journal/<seq>.jsonl   journal segments, replayed in order; each line one entry
+  snapshot/<seq>.json   every live entry as of segment <seq>; segments up to it are removed
 
 An entry is {"t": kind, "k": key, "d": data}; a later entry for the same (kind, key) replaces
-an earlier one and `d = null` deletes it. Each file is written under a temporary name and
-renamed into place, so a crash leaves either the whole batch or none of it.
+an earlier one and `d = null` deletes it.
+
+On a local disk a segment is an append-only file that takes many batches (one write each);
+a crash can leave at most a torn last line, which loading skips, and the next registry
+starts a new segment. Object stores cannot append, so there every batch is a segment of its
+own. Snapshots and those segments are written under a temporary name and renamed into place,
+so a crash leaves either the whole file or none of it.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ import logging
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import IO, Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 log = logging.getLogger("raybeam.journal")
 
 Entry = dict[str, Any]
+#: batches in one local journal segment before the next segment begins
+SEGMENT_BATCHES = 10_000
 State = dict[tuple[str, str], Any]
 
 
@@ -33,6 +41,10 @@ class Journal:
         self.root = root.rstrip("/")
         self.seq = 0
         self.batches_since_snapshot = 0
+        # plain files can be appended to; anything else gets a file per batch
+        self.local = isinstance(fs, LocalFileSystem)
+        self.segment: IO[str] | None = None
+        self.segment_batches = 0
         for sub in ("journal", "snapshot"):
             self.fs.makedirs(self._p(sub), exist_ok=True)
 
@@ -104,16 +116,39 @@ class Journal:
         return state, problems
 
     def append(self, entries: Iterable[Entry]) -> int:
-        """Commit one batch durably; returns its sequence number."""
+        """Commit one batch; returns the sequence number of the segment that holds it."""
         text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
+        self.batches_since_snapshot += 1
+        if self.local:
+            if self.segment is None or self.segment_batches >= SEGMENT_BATCHES:
+                self._rotate()
+            assert self.segment is not None
+            self.segment.write(text)
+            self.segment.flush()  # in the OS's hands: a crashed process loses nothing
+            self.segment_batches += 1
+            return self.seq
         seq = self.seq + 1
         self._write_atomic(self._p("journal", f"{seq:016d}.jsonl"), text)
         self.seq = seq
-        self.batches_since_snapshot += 1
         return seq
 
+    def _rotate(self) -> None:
+        self.close()
+        self.seq += 1
+        self.segment = open(self._p("journal", f"{self.seq:016d}.jsonl"), "a")  # noqa: SIM115
+        self.segment_batches = 0
+
+    def close(self) -> None:
+        if self.segment is not None:
+            self.segment.close()
+            self.segment = None
+
     def snapshot(self, entries: list[Entry], seq: int) -> None:
-        """Store `entries` as the whole state as of batch `seq`, then drop what it replaces."""
+        """Store `entries` as the whole state as of segment `seq`, then drop what it replaces.
+
+        The current segment is closed first, so later batches go to a segment after `seq`.
+        """
+        self.close()
         self._write_atomic(
             self._p("snapshot", f"{seq:016d}.json"), json.dumps(entries, separators=(",", ":"))
         )

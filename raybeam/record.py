@@ -78,7 +78,7 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True, slots=True)
 class TaskSpec:
     """What a task runs with, fixed at enqueue: the queue's settings with per-call overrides."""
 
@@ -93,7 +93,7 @@ class TaskSpec:
     max_calls: int | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class TaskRecord:
     """One task. Plain data; the registry actor is its only writer."""
 

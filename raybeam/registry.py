@@ -35,6 +35,8 @@ log = logging.getLogger("raybeam.registry")
 
 #: attempts cut short by a registry restart beyond `retries` before a task is given up
 RESTART_ALLOWANCE = 3
+#: pickled functions up to this size travel inline with each task
+INLINE_BLOB = 64 * 1024
 #: seconds before the first retry; doubled for each one after
 RETRY_BACKOFF = 0.25
 RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
@@ -118,8 +120,11 @@ class Registry:
                 self.running[rec.queue] += 1
         self.refs: dict[str, ray.ObjectRef[Any]] = {}
         self.pools: dict[str, ContainerPool] = {}
+        self.ttl_timers: dict[str, asyncio.TimerHandle] = {}
+        #: records of one queue with the same overrides share one (immutable) spec
+        self.specs: dict[tuple[str, str, str], TaskSpec] = {}
         self.remotes: dict[tuple[str, int | None, str], Any] = {}
-        self.blob_refs: dict[str, ray.ObjectRef[Any]] = {}
+        self.blob_refs: dict[str, Any] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.resources: tuple[float, dict[str, float]] = (0.0, {})
@@ -201,6 +206,10 @@ class Registry:
     def _set_status(self, rec: TaskRecord, new: TaskStatus) -> None:
         old = rec.status
         rec.transition(new)
+        if old is PENDING:  # a started or final task cannot expire: drop its timer now
+            timer = self.ttl_timers.pop(rec.id, None)
+            if timer is not None:
+                timer.cancel()
         for fut in self.watchers.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
@@ -255,13 +264,15 @@ class Registry:
             self.resources = (time.monotonic(), res)
         return res
 
-    def _blob_ref(self, digest: str) -> ray.ObjectRef[Any] | None:
+    def _blob_ref(self, digest: str) -> Any:
+        """The pickled function for a submission: small ones travel inline with each task
+        (cheaper than a fetch from the object store), larger ones by reference."""
         ref = self.blob_refs.get(digest)
         if ref is None:
             blob = self.journal.load_blob(f"{digest}.pkl")
             if blob is None:
                 return None
-            ref = self.blob_refs[digest] = ray.put(blob)
+            ref = self.blob_refs[digest] = blob if len(blob) <= INLINE_BLOB else ray.put(blob)
         return ref
 
     def _submit(self, rec: TaskRecord) -> None:
@@ -377,9 +388,11 @@ class Registry:
 
     def _schedule_ttl(self, rec: TaskRecord, now: float) -> None:
         delay = max(0.0, rec.created_at + rec.spec.ttl - now)
-        asyncio.get_running_loop().call_later(delay, self._on_ttl, rec.id)
+        loop = asyncio.get_running_loop()
+        self.ttl_timers[rec.id] = loop.call_later(delay, self._on_ttl, rec.id)
 
     def _on_ttl(self, task_id: str) -> None:
+        self.ttl_timers.pop(task_id, None)
         rec = self.tasks.get(task_id)
         if rec is None or rec.status is not PENDING:
             return
@@ -404,7 +417,7 @@ class Registry:
         self._boot()
         digest = definition["spec"]["function"]
         await asyncio.to_thread(self.journal.store_blob, f"{digest}.pkl", blob)
-        self.blob_refs.setdefault(digest, ray.put(blob))
+        self.blob_refs.setdefault(digest, blob if len(blob) <= INLINE_BLOB else ray.put(blob))
         self.queues[definition["name"]] = definition
         self.commits.stage("queue", definition["name"], definition)
         await self.commits.commit()
@@ -430,7 +443,7 @@ class Registry:
         now = time.time()
         records = []
         for item in new:
-            spec = TaskSpec(**{**definition["spec"], **item.get("overrides", {})})
+            spec = self._spec(queue, definition, item.get("overrides") or {})
             rec = TaskRecord(id=item["id"], queue=queue, spec=spec, created_at=now, updated_at=now)
             self.tasks[rec.id] = rec
             self.payloads[rec.id] = item["payload"]
@@ -443,6 +456,13 @@ class Registry:
                 self._schedule_ttl(rec, now)
                 self._submit(rec)
         return [it["id"] for it in items]
+
+    def _spec(self, queue: str, definition: dict[str, Any], overrides: dict[str, Any]) -> TaskSpec:
+        key = (queue, definition["spec"]["function"], json.dumps(overrides, sort_keys=True))
+        spec = self.specs.get(key)
+        if spec is None:
+            spec = self.specs[key] = TaskSpec(**{**definition["spec"], **overrides})
+        return spec
 
     async def started(self, task_id: str, run: str, container_id: str) -> None:
         """A worker began an attempt (reports from older submissions are ignored)."""

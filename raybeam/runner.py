@@ -100,6 +100,46 @@ def _report_start(task_id: str, run: str, container_id: str) -> None:
         log.warning("could not report the start of task %s", task_id, exc_info=True)
 
 
+class _StartReporter:
+    """One thread per worker process that reports attempts still running after a delay.
+
+    Short attempts need no start report (their result carries the start), which keeps the
+    registry off the hot path; the report of a longer one is START_REPORT_DELAY late.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.due: dict[tuple[str, str], tuple[float, str]] = {}
+        self.thread: threading.Thread | None = None
+
+    def add(self, task_id: str, run: str, container_id: str) -> None:
+        with self.lock:
+            self.due[(task_id, run)] = (time.monotonic() + START_REPORT_DELAY, container_id)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._loop, name="raybeam-starts", daemon=True
+                )
+                self.thread.start()
+
+    def discard(self, task_id: str, run: str) -> None:
+        with self.lock:
+            self.due.pop((task_id, run), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(START_REPORT_DELAY / 2)
+            now = time.monotonic()
+            with self.lock:
+                ready = [(k, cid) for k, (at, cid) in self.due.items() if at <= now]
+                for key, _ in ready:
+                    del self.due[key]
+            for (task_id, run), container_id in ready:
+                _report_start(task_id, run, container_id)
+
+
+_starts = _StartReporter()
+
+
 def call_handler(
     bundle: FunctionBundle, attempt: Attempt, on_start_value: Any = None
 ) -> dict[str, Any]:
@@ -149,17 +189,11 @@ def execute(
 ) -> dict[str, Any]:
     """Run one attempt and describe how it ended, for the registry that awaits it."""
     started_at = time.time()
-    # Short attempts need no start report (their result carries the start); a longer one
-    # is reported after START_REPORT_DELAY, which keeps the registry off the hot path.
-    report = threading.Timer(
-        START_REPORT_DELAY, _report_start, (attempt.task_id, attempt.run, container_id)
-    )
-    report.daemon = True
-    report.start()
+    _starts.add(attempt.task_id, attempt.run, container_id)
     try:
         outcome = call_handler(bundle, attempt, on_start_value)
     finally:
-        report.cancel()
+        _starts.discard(attempt.task_id, attempt.run)
     outcome.update(container_id=container_id, started_at=started_at)
     return outcome
 

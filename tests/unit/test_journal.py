@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from fsspec.implementations.local import LocalFileSystem
@@ -53,3 +54,35 @@ def test_blobs_are_written_once(tmp_path: Path) -> None:
     j.store_blob("f.pkl", b"two")
     assert j.load_blob("f.pkl") == b"one"
     assert j.load_blob("missing.pkl") is None
+
+
+def test_local_segments_take_many_batches_and_a_torn_tail_is_skipped(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    for i in range(3):
+        j.append([{"t": "task", "k": str(i), "d": {"i": i}}])
+    j.close()
+    segments = list((tmp_path / "registry" / "journal").iterdir())
+    assert len(segments) == 1
+    with segments[0].open("a") as f:
+        f.write('{"t": "task", "k": "torn", "d": {"i"')  # a crash in the middle of a write
+    again = journal(tmp_path)
+    state, problems = again.load()
+    assert sorted(k for _, k in state) == ["0", "1", "2"]
+    assert len(problems) == 1
+    again.append([{"t": "task", "k": "3", "d": {"i": 3}}])  # goes to a new segment
+    again.close()
+    state, _ = journal(tmp_path).load()
+    assert sorted(k for _, k in state) == ["0", "1", "2", "3"]
+
+
+def test_object_stores_get_a_file_per_batch() -> None:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    fs = MemoryFileSystem()
+    root = f"/rb-{uuid.uuid4().hex}/registry"
+    j = Journal(fs, root)
+    j.append([{"t": "task", "k": "a", "d": 1}])
+    j.append([{"t": "task", "k": "b", "d": 2}])
+    assert len(fs.ls(f"{root}/journal")) == 2
+    state, _ = Journal(fs, root).load()
+    assert state == {("task", "a"): 1, ("task", "b"): 2}
