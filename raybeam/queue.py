@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
+import json
 import sys
 import sysconfig
 import uuid
@@ -66,18 +68,23 @@ def signature_params(fn: Callable[..., Any]) -> list[list[Any]]:
     return params
 
 
-def bind_arguments(params: list[list[Any]], args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    """Raise InvalidArguments unless args and kwargs bind to the handler's parameters."""
-    sig = inspect.Signature(
+@functools.lru_cache(maxsize=256)
+def _signature(params: str) -> inspect.Signature:
+    return inspect.Signature(
         [
             inspect.Parameter(
                 name,
                 inspect._ParameterKind(kind),
                 default=None if has_default else inspect.Parameter.empty,
             )
-            for name, kind, has_default in params
+            for name, kind, has_default in json.loads(params)
         ]
     )
+
+
+def bind_arguments(params: list[list[Any]], args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Raise InvalidArguments unless args and kwargs bind to the handler's parameters."""
+    sig = _signature(json.dumps(params))
     try:
         sig.bind(*args, **kwargs)
     except TypeError as exc:

@@ -365,7 +365,8 @@ class Registry:
             rec.result = outcome["result"]
             rec.result_blob = outcome["result_blob"]
             rec.failure_reason = None
-            self._finish(rec, TaskStatus.COMPLETE)
+            self._set_status(rec, TaskStatus.COMPLETE)
+            await self._after_final(rec)
             return
         rec.failure_reason = outcome["error"]
         if outcome["retryable"] and rec.attempts <= rec.spec.retries:
