@@ -88,10 +88,10 @@ class Container:
     def ready(self) -> str:
         return str(self.id)
 
-    def run(self, attempt: Attempt) -> dict[str, Any]:
+    def run(self, *fields: Any) -> dict[str, Any]:
         if self.workers > 1:
             _private_cwd()
-        return execute(self.bundle, attempt, str(self.id), self.on_start_value)
+        return execute(self.bundle, Attempt(*fields), str(self.id), self.on_start_value)
 
 
 RemoteContainer = ray.remote(max_restarts=0)(Container)
@@ -183,7 +183,7 @@ class ContainerPool:
 
     def _dispatch(self, slot: Slot, attempt: Attempt) -> None:
         slot.active.add(attempt.task_id)
-        ref = slot.handle.run.remote(attempt)
+        ref = slot.handle.run.remote(*attempt.fields())
         self.registry.refs[attempt.task_id] = ref
 
         def done(error: BaseException | None) -> None:

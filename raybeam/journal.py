@@ -40,7 +40,6 @@ class Journal:
         self.fs = fs
         self.root = root.rstrip("/")
         self.seq = 0
-        self.batches_since_snapshot = 0
         # plain files can be appended to; anything else gets a file per batch
         self.local = isinstance(fs, LocalFileSystem)
         self.segment: IO[str] | None = None
@@ -118,7 +117,6 @@ class Journal:
     def append(self, entries: Iterable[Entry]) -> int:
         """Commit one batch; returns the sequence number of the segment that holds it."""
         text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
-        self.batches_since_snapshot += 1
         if self.local:
             if self.segment is None or self.segment_batches >= SEGMENT_BATCHES:
                 self._rotate()
@@ -152,7 +150,6 @@ class Journal:
         self._write_atomic(
             self._p("snapshot", f"{seq:016d}.json"), json.dumps(entries, separators=(",", ":"))
         )
-        self.batches_since_snapshot = 0
         for old, path in self._seq_files("journal", ".jsonl"):
             if old <= seq:
                 self.fs.rm(path)
@@ -188,18 +185,21 @@ class GroupCommit:
     batch is written, so a record changed twice in one batch is written once, as it is then.
     """
 
-    #: compact the journal into a snapshot after this many batches
-    snapshot_every = 500
-
     def __init__(
         self,
         journal: Journal,
         serialise: Callable[[Any], Any],
         everything: Callable[[], list[Entry]],
+        live: Callable[[], int],
     ) -> None:
         self.journal = journal
         self.serialise = serialise
         self.everything = everything
+        self.live = live
+        self.entries_since_snapshot = 0
+        # never compact before this many entries were written since the last snapshot (fewer
+        # on object stores, where each batch is an object that loading must fetch)
+        self.snapshot_min = 20_000 if journal.local else 2_000
         self.staged: dict[tuple[str, str], Any] = {}
         self.waiters: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
@@ -224,21 +224,35 @@ class GroupCommit:
                 continue
             batch, waiters = self.staged, self.waiters
             self.staged, self.waiters = {}, []
-            entries = [{"t": k[0], "k": k[1], "d": self.serialise(v)} for k, v in batch.items()]
-            delay = 0.1
-            while entries:
-                try:
-                    await asyncio.to_thread(self.journal.append, entries)
-                    break
-                except Exception:
-                    log.exception("could not store registry state; retrying in %.1f s", delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10)
+            try:
+                await self._write(batch)
+            except Exception as exc:  # a bug, not storage trouble: say so to every waiter
+                log.exception("could not write a batch of registry state")
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-            if self.journal.batches_since_snapshot >= self.snapshot_every:
+            # compact once the journal outgrows the state it describes, so the cost of a
+            # snapshot (which writes every live entry) stays proportional to the changes
+            if self.entries_since_snapshot >= max(self.snapshot_min, 2 * self.live()):
                 await self._compact()
+                self.entries_since_snapshot = 0
+
+    async def _write(self, batch: dict[tuple[str, str], Any]) -> None:
+        entries = [{"t": k[0], "k": k[1], "d": self.serialise(v)} for k, v in batch.items()]
+        delay = 0.1
+        while entries:
+            try:
+                await asyncio.to_thread(self.journal.append, entries)
+                break
+            except Exception:  # storage away: keep trying, callers wait
+                log.exception("could not store registry state; retrying in %.1f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+        self.entries_since_snapshot += len(entries)
 
     async def _compact(self) -> None:
         entries = self.everything()

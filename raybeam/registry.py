@@ -35,11 +35,20 @@ log = logging.getLogger("raybeam.registry")
 
 #: attempts cut short by a registry restart beyond `retries` before a task is given up
 RESTART_ALLOWANCE = 3
+#: tasks of a queue whose recent run time is below this (seconds) may share a Ray task
+PACK_BELOW = 0.005
+#: at most this many tasks share one Ray task
+PACK_MAX = 16
 #: pickled functions up to this size travel inline with each task
 INLINE_BLOB = 64 * 1024
 #: seconds before the first retry; doubled for each one after
 RETRY_BACKOFF = 0.25
 RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
+
+
+def _failure(exc: BaseException) -> dict[str, Any]:
+    reason, retryable = classify_failure(exc)
+    return {"ok": False, "retryable": retryable, "error": reason, "outputs": []}
 
 
 def classify_failure(exc: BaseException) -> tuple[str, bool]:
@@ -123,7 +132,11 @@ class Registry:
         self.ttl_timers: dict[str, asyncio.TimerHandle] = {}
         #: records of one queue with the same overrides share one (immutable) spec
         self.specs: dict[tuple[str, str, str], TaskSpec] = {}
-        self.remotes: dict[tuple[str, int | None, str], Any] = {}
+        self.remotes: dict[tuple[str, int | None, str, bool], Any] = {}
+        self.outbox: dict[tuple[str, int | None, str], list[tuple[Any, ...]]] = {}
+        self.outbox_flush = False
+        #: recent run time of a queue's tasks (moving average), which decides packing
+        self.durations: dict[str, float] = {}
         self.blob_refs: dict[str, Any] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
@@ -141,7 +154,9 @@ class Registry:
         if self.booted:
             return
         self.booted = True
-        self.commits = GroupCommit(self.journal, _serialise, self._everything)
+        self.commits = GroupCommit(
+            self.journal, _serialise, self._everything, lambda: len(self.tasks)
+        )
         self._spawn(self.commits.run())
         now = time.time()
         for rec in list(self.tasks.values()):
@@ -206,6 +221,9 @@ class Registry:
     def _set_status(self, rec: TaskRecord, new: TaskStatus) -> None:
         old = rec.status
         rec.transition(new)
+        # staged with every change, so a batch never holds a side effect of a status change
+        # (say, the deletion of a final task's arguments) without the status itself
+        self._dirty(rec)
         if old is PENDING:  # a started or final task cannot expire: drop its timer now
             timer = self.ttl_timers.pop(rec.id, None)
             if timer is not None:
@@ -304,16 +322,50 @@ class Registry:
         if pool is not None:
             pool.enqueue(attempt, rec.spec.function, blob, options)
             return
-        ref = self._remote_fn(rec, options).remote(rec.spec.function, blob, attempt)
-        self.refs[rec.id] = ref
-        self._spawn(self._watch(rec.id, rec.run, ref))
-
-    def _remote_fn(self, rec: TaskRecord, options: dict[str, Any]) -> Any:
-        """The remote function bound to these options (binding is costly, so it is cached)."""
         key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True))
+        self.outbox.setdefault(key, []).append((rec, blob, attempt, options))
+        if not self.outbox_flush:
+            self.outbox_flush = True
+            asyncio.get_running_loop().call_soon(self._flush_outbox)
+
+    def _flush_outbox(self) -> None:
+        """Submit what `_submit` queued in this turn of the loop: one Ray task each, or, for
+        queues of tiny tasks with a backlog, a few per Ray task (packing amortises Ray's own
+        per-task cost, which dominates when a task takes a millisecond)."""
+        self.outbox_flush = False
+        outbox, self.outbox = self.outbox, {}
+        for (queue, _, _), items in outbox.items():
+            size = self._pack_size(queue, len(items), items[0][3])
+            for start in range(0, len(items), size):
+                chunk = items[start : start + size]
+                rec, blob, attempt, options = chunk[0]
+                fn = self._remote_fn(rec, options, packed=len(chunk) > 1)
+                if len(chunk) == 1:
+                    ref = fn.remote(rec.spec.function, blob, *attempt.fields())
+                    self.refs[rec.id] = ref
+                    self._spawn(self._watch(rec.id, rec.run, ref))
+                    continue
+                ref = fn.remote(rec.spec.function, blob, [a.fields() for _, _, a, _ in chunk])
+                for member, _, _, _ in chunk:
+                    self.refs[member.id] = ref
+                self._spawn(self._watch_pack([(m.id, m.run) for m, _, _, _ in chunk], ref))
+
+    def _pack_size(self, queue: str, backlog: int, options: dict[str, Any]) -> int:
+        duration = self.durations.get(queue)
+        if duration is None or duration > PACK_BELOW or options.get("num_gpus"):
+            return 1
+        # a pack of tiny tasks runs for about PACK_BELOW seconds, and a backlog is spread
+        # over many packs so that every worker gets some
+        return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), backlog // 32))
+
+    def _remote_fn(self, rec: TaskRecord, options: dict[str, Any], packed: bool = False) -> Any:
+        """The remote function bound to these options (binding is costly, so it is cached)."""
+        key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True), packed)
         fn = self.remotes.get(key)
         if fn is None:
-            fn = remote_attempt(rec.spec.max_calls).options(name=f"raybeam:{rec.queue}", **options)
+            fn = remote_attempt(rec.spec.max_calls, packed).options(
+                name=f"raybeam:{rec.queue}", **options
+            )
             self.remotes[key] = fn
         return fn
 
@@ -349,10 +401,37 @@ class Registry:
             raise
         except Exception as exc:
             error = exc
-            reason, retryable = classify_failure(exc)
-            outcome = {"ok": False, "retryable": retryable, "error": reason, "outputs": []}
+            outcome = _failure(exc)
         if done is not None:
             done(error)
+        await self._settle(task_id, run, outcome)
+
+    async def _watch_pack(self, members: list[tuple[str, str]], ref: ray.ObjectRef[Any]) -> None:
+        try:
+            outcomes: list[dict[str, Any]] = await ref
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The whole pack failed (a crash, or a kill for one member's timeout or cancel):
+            # the member that was running failed; the ones that never started run again.
+            settles = []
+            for task_id, run in members:
+                rec = self.tasks.get(task_id)
+                if rec is None or rec.run != run or rec.status.is_final:
+                    continue
+                if rec.status is RUNNING:
+                    settles.append(self._settle(task_id, run, _failure(exc)))
+                else:
+                    rec.run = ""
+                    self._submit(rec)
+            await asyncio.gather(*settles)
+            return
+        await asyncio.gather(
+            *(self._settle(t, r, o) for (t, r), o in zip(members, outcomes, strict=True))
+        )
+
+    async def _settle(self, task_id: str, run: str, outcome: dict[str, Any]) -> None:
+        """Apply how an attempt ended: COMPLETE, a retry, or FAILED."""
         rec = self.tasks.get(task_id)
         if rec is None or rec.run != run or rec.status.is_final:
             return
@@ -362,6 +441,10 @@ class Registry:
         # the record lists the outputs of the attempt that counts: the latest one
         rec.outputs = list(outcome.get("outputs") or [])
         if outcome["ok"]:
+            duration = outcome.get("duration")
+            if isinstance(duration, float):
+                seen = self.durations.get(rec.queue, duration)
+                self.durations[rec.queue] = 0.8 * seen + 0.2 * duration
             rec.result = outcome["result"]
             rec.result_blob = outcome["result_blob"]
             rec.failure_reason = None
@@ -561,6 +644,31 @@ class Registry:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(fut), timeout)
         return self._info(rec)
+
+    async def wait_any(self, task_ids: list[str], timeout: float) -> list[str]:
+        """The ids among `task_ids` that are final (and stored) or unknown, waiting up to
+        `timeout` seconds for the first one."""
+        self._boot()
+
+        def done() -> list[str]:
+            return [
+                t for t in task_ids
+                if (rec := self.tasks.get(t)) is None or rec.status.is_final
+            ]  # fmt: skip
+
+        finished = done()
+        if finished or timeout <= 0:
+            return finished
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        for t in task_ids:
+            self.waiters.setdefault(t, []).append(fut)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(fut), timeout)
+        for t in task_ids:
+            waiting = self.waiters.get(t)
+            if waiting and fut in waiting:
+                waiting.remove(fut)
+        return done()
 
     async def list(
         self, queue: str | None, status: str | None, limit: int, cursor: str | None

@@ -49,6 +49,11 @@ class Attempt:
     timeout: int
     storage_url: str
 
+    def fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in _ATTEMPT_FIELDS)
+
+
+_ATTEMPT_FIELDS = [f.name for f in dataclasses.fields(Attempt)]
 
 #: seconds an attempt runs before the registry hears that it started (status RUNNING)
 START_REPORT_DELAY = 0.1
@@ -194,28 +199,41 @@ def execute(
         outcome = call_handler(bundle, attempt, on_start_value)
     finally:
         _starts.discard(attempt.task_id, attempt.run)
-    outcome.update(container_id=container_id, started_at=started_at)
+    outcome.update(
+        container_id=container_id, started_at=started_at, duration=time.time() - started_at
+    )
     return outcome
 
 
-def run_attempt(digest: str, blob: bytes, attempt: Attempt) -> dict[str, Any]:
-    """The body of the Ray task the registry submits for each attempt of a plain queue."""
-    worker_id = ray.get_runtime_context().get_worker_id()
-    return execute(load_bundle(digest, blob), attempt, worker_id)
+def run_attempt(digest: str, blob: bytes, *fields: Any) -> dict[str, Any]:
+    """The body of the Ray task the registry submits for each attempt of a plain queue.
 
-
-_remotes: dict[int | None, Any] = {}
-
-
-def remote_attempt(max_calls: int | None = None) -> Any:
-    """The Ray remote function for plain attempts; `max_calls` is fixed per remote function.
-
-    The registry retries (it counts attempts and knows each failure's cause), never Ray.
+    The attempt travels as plain values (`Attempt.fields()`): Ray sends those without pickling.
     """
-    fn = _remotes.get(max_calls)
+    worker_id = ray.get_runtime_context().get_worker_id()
+    return execute(load_bundle(digest, blob), Attempt(*fields), worker_id)
+
+
+def run_pack(digest: str, blob: bytes, attempts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    """Several tiny attempts in one Ray task, one after the other, each in its own folder."""
+    worker_id = ray.get_runtime_context().get_worker_id()
+    bundle = load_bundle(digest, blob)
+    return [execute(bundle, Attempt(*fields), worker_id) for fields in attempts]
+
+
+_remotes: dict[tuple[int | None, bool], Any] = {}
+
+
+def remote_attempt(max_calls: int | None = None, packed: bool = False) -> Any:
+    """The Ray remote function for plain attempts (or packs of them); `max_calls` is fixed per
+    remote function. The registry retries (it counts attempts and knows each failure's
+    cause), never Ray.
+    """
+    fn = _remotes.get((max_calls, packed))
     if fn is None:
         options: dict[str, Any] = {"max_retries": 0}
         if max_calls is not None:
             options["max_calls"] = max_calls
-        fn = _remotes[max_calls] = ray.remote(**options)(run_attempt)
+        fn = ray.remote(**options)(run_pack if packed else run_attempt)
+        _remotes[(max_calls, packed)] = fn
     return fn

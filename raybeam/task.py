@@ -139,23 +139,20 @@ def wait(tasks: Sequence[Task], progress: bool = False, timeout: float | None = 
 
         bar = tqdm(total=len(ids), desc="tasks", unit="task")
     try:
-        delay = 0.05
         while remaining:
-            statuses: dict[str, str | None] = connection.call("statuses", sorted(remaining))
-            done = {i for i, s in statuses.items() if s is None or TaskStatus(s).is_final}
-            if done:
-                remaining -= done
-                if bar is not None:
-                    bar.update(len(done))
-                delay = 0.05
-            if not remaining:
-                break
-            if deadline is not None and time.monotonic() > deadline:
+            wait_for = 1.0
+            if deadline is not None:
+                wait_for = min(wait_for, max(0.0, deadline - time.monotonic()))
+            done: list[str] = connection.call("wait_any", sorted(remaining), wait_for)
+            remaining.difference_update(done)
+            if bar is not None and done:
+                bar.update(len(done))
+            if done and remaining:
+                time.sleep(0.05)  # let more finish before asking again with the whole list
+            if remaining and deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(
                     f"{len(remaining)} of {len(ids)} tasks not final after {timeout} s"
                 )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.5)
     finally:
         if bar is not None:
             bar.close()

@@ -25,6 +25,7 @@ from raybeam import (
     TaskTimeout,
     task_queue,
 )
+from raybeam.connection import call
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(90)]
 
@@ -287,3 +288,26 @@ def test_a_driver_that_exits_at_once_loses_nothing(
     assert out.returncode == 0, out.stderr
     task_id = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("ID"))
     assert raybeam.get_task(task_id).result(timeout=60) == 15
+
+
+def test_tiny_tasks_share_ray_tasks_and_each_keeps_its_own_record(unique_name: str) -> None:
+    @task_queue(name=unique_name, cpu=0.5, timeout=3, max_pending_tasks=1000)
+    def tiny(i: int, context: TaskContext) -> tuple[int, int, int]:
+        if i == 150:
+            time.sleep(30)  # times out inside a pack
+        return i, context.attempt, os.getpid()
+
+    raybeam.wait(tiny.map(list(range(40))), timeout=60)  # learns that its tasks are tiny
+    tasks = tiny.map(list(range(300)))
+    raybeam.wait(tasks, timeout=90)
+    for i, task in enumerate(tasks):
+        if i == 150:
+            assert task.status() is TaskStatus.TIMEOUT
+            continue
+        value, attempt, _ = task.result()
+        assert value == i
+        info = task.info()
+        assert info["status"] == "COMPLETE"
+        # a member that never started when its pack was stopped runs again, unpenalised
+        assert info["attempts"] == attempt == 1
+    assert sum(h[0] == "COMPLETE" for t in tasks for h in call("history", t.id)) == 299

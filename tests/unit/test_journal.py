@@ -86,3 +86,36 @@ def test_object_stores_get_a_file_per_batch() -> None:
     assert len(fs.ls(f"{root}/journal")) == 2
     state, _ = Journal(fs, root).load()
     assert state == {("task", "a"): 1, ("task", "b"): 2}
+
+
+def test_group_commit_batches_changes_and_compacts(tmp_path: Path) -> None:
+    import asyncio
+
+    from raybeam.journal import GroupCommit
+
+    j = journal(tmp_path)
+    live: dict[str, int] = {}
+
+    async def scenario() -> None:
+        commits = GroupCommit(
+            j,
+            lambda v: v,
+            lambda: [{"t": "task", "k": k, "d": v} for k, v in live.items()],
+            lambda: len(live),
+        )
+        commits.snapshot_min = 50
+        runner = asyncio.get_running_loop().create_task(commits.run())
+        for i in range(200):
+            live[str(i % 10)] = i
+            commits.stage("task", str(i % 10), i)
+            if i % 20 == 0:
+                await commits.commit()
+        await commits.commit()
+        runner.cancel()
+
+    asyncio.run(scenario())
+    j.close()
+    assert list((tmp_path / "registry" / "snapshot").iterdir())
+    state, problems = journal(tmp_path).load()
+    assert state == {("task", k): v for k, v in live.items()}
+    assert problems == []
