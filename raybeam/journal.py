@@ -246,7 +246,10 @@ class GroupCommit:
         delay = 0.1
         while entries:
             try:
-                await asyncio.to_thread(self.journal.append, entries)
+                if self.journal.local:  # one small write to an open file: no thread hop
+                    self.journal.append(entries)
+                else:
+                    await asyncio.to_thread(self.journal.append, entries)
                 break
             except Exception:  # storage away: keep trying, callers wait
                 log.exception("could not store registry state; retrying in %.1f s", delay)

@@ -26,7 +26,13 @@ QUIET = LoggingConfig(enable_access_log=False, log_level="WARNING")
 api = create_app()
 
 
-@serve.deployment(name="raybeam_http", ray_actor_options={"num_cpus": 0}, logging_config=QUIET)
+@serve.deployment(
+    name="raybeam_http",
+    ray_actor_options={"num_cpus": 0},
+    logging_config=QUIET,
+    # handlers mostly wait on the registry: let a replica hold many requests at once
+    max_ongoing_requests=64,
+)
 @serve.ingress(api)
 class HTTPAPI:
     def __init__(self) -> None:
