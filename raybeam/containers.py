@@ -184,7 +184,7 @@ class ContainerPool:
     def _dispatch(self, slot: Slot, attempt: Attempt) -> None:
         slot.active.add(attempt.task_id)
         ref = slot.handle.run.remote(*attempt.fields())
-        self.registry.refs[attempt.task_id] = ref
+        self.registry.dispatch.refs[attempt.task_id] = ref
 
         def done(error: BaseException | None) -> None:
             slot.active.discard(attempt.task_id)
@@ -193,7 +193,7 @@ class ContainerPool:
                 self.slots.pop(slot.id, None)
             self.pump()
 
-        self.registry._spawn(self.registry._watch(attempt.task_id, attempt.run, ref, done))
+        self.registry._spawn(self.registry.dispatch.watch(attempt.task_id, attempt.run, ref, done))
 
     def stop_task(self, task_id: str) -> None:
         """Stop a task wherever it is: off the waiting line, or by replacing its container."""

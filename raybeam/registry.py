@@ -1,5 +1,9 @@
 """The registry: one detached Ray actor, the single writer of task state.
 
+`dispatch.py` turns its attempts into Ray work; `journal.py` stores its changes;
+`middleware/` holds what hooks into the lifecycle (output links, webhooks, metrics,
+retention).
+
 It owns the Ray tasks it submits (so a client that exits loses nothing), counts attempts,
 enforces retries, timeouts, ttl, cancel and queue caps, and stores every change through the
 journal before it acknowledges it. On a restart it reloads the journal and resubmits every
@@ -16,59 +20,26 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import ray
 
 from raybeam import middleware
-from raybeam.containers import ContainerPool
+from raybeam.dispatch import Dispatcher
 from raybeam.errors import QueueFull, QueueNotFound
 from raybeam.journal import Entry, GroupCommit, Journal
 from raybeam.middleware.retention import Retention
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
-from raybeam.resources import pick_gpu_type
-from raybeam.runner import START_REPORT_DELAY, Attempt, remote_attempt
+from raybeam.runner import START_REPORT_DELAY
 from raybeam.storage import Storage
 
 log = logging.getLogger("raybeam.registry")
 
 #: attempts cut short by a registry restart beyond `retries` before a task is given up
 RESTART_ALLOWANCE = 3
-#: tasks of a queue whose recent run time is below this (seconds) may share a Ray task
-PACK_BELOW = 0.005
-#: at most this many tasks share one Ray task
-PACK_MAX = 16
-#: pickled functions up to this size travel inline with each task
-INLINE_BLOB = 64 * 1024
 #: seconds before the first retry; doubled for each one after
 RETRY_BACKOFF = 0.25
 RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
-
-
-def _failure(exc: BaseException) -> dict[str, Any]:
-    reason, retryable = classify_failure(exc)
-    return {"ok": False, "retryable": retryable, "error": reason, "outputs": []}
-
-
-def classify_failure(exc: BaseException) -> tuple[str, bool]:
-    """A system failure of an attempt as (failure_reason, retryable)."""
-    ex = ray.exceptions
-    if isinstance(exc, ex.OutOfMemoryError):
-        return f"out of memory: {exc}", True
-    if isinstance(exc, ex.NodeDiedError) or (
-        "node" in str(exc).lower() and "died" in str(exc).lower()
-    ):
-        return f"node lost: {exc}", True
-    if isinstance(exc, ex.WorkerCrashedError):
-        return f"worker crashed: {exc}", True
-    if isinstance(exc, ex.ActorDiedError):
-        return f"container stopped: {exc}", True
-    if isinstance(exc, ex.RuntimeEnvSetupError):
-        return f"could not set up the queue's image (runtime_env): {exc}", False
-    if isinstance(exc, ex.TaskCancelledError):
-        return "the attempt was cancelled by Ray", True
-    return f"{type(exc).__name__}: {exc}", True
 
 
 # Not restartable by Ray on purpose: Ray's memory monitor kills "retriable" workers (actors
@@ -127,20 +98,12 @@ class Registry:
                 self.depth[rec.queue] += 1
             if rec.status is RUNNING:
                 self.running[rec.queue] += 1
-        self.refs: dict[str, ray.ObjectRef[Any]] = {}
-        self.pools: dict[str, ContainerPool] = {}
+        self.dispatch = Dispatcher(self)
         self.ttl_timers: dict[str, asyncio.TimerHandle] = {}
         #: records of one queue with the same overrides share one (immutable) spec
         self.specs: dict[tuple[str, str, str], TaskSpec] = {}
-        self.remotes: dict[tuple[str, int | None, str, bool], Any] = {}
-        self.outbox: dict[tuple[str, int | None, str], list[tuple[Any, ...]]] = {}
-        self.outbox_flush = False
-        #: recent run time of a queue's tasks (moving average), which decides packing
-        self.durations: dict[str, float] = {}
-        self.blob_refs: dict[str, Any] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
-        self.resources: tuple[float, dict[str, float]] = (0.0, {})
         self.background: set[asyncio.Task[Any]] = set()
         self.booted = False
         self.hooks = middleware.load(self)
@@ -178,8 +141,8 @@ class Registry:
                 self._dirty(rec)
             if rec.status is PENDING:
                 self._schedule_ttl(rec, now)
-            self._submit(rec)
-        self._spawn(self._container_loop())
+            self.dispatch.submit(rec)
+        self._spawn(self.dispatch.upkeep())
         for hook in self.hooks:
             hook.on_boot()
 
@@ -242,7 +205,7 @@ class Registry:
             self.running[rec.queue] += 1
         if new.is_final:
             self.depth[rec.queue] -= 1
-            self.refs.pop(rec.id, None)
+            self.dispatch.refs.pop(rec.id, None)
             if self.payloads.pop(rec.id, None) is not None:
                 self.commits.stage("payload", rec.id, None)
 
@@ -275,161 +238,6 @@ class Registry:
 
     # ---- submitting attempts ----------------------------------------------------------
 
-    def _cluster_resources(self) -> dict[str, float]:
-        at, res = self.resources
-        if time.monotonic() - at > 5:
-            res = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            self.resources = (time.monotonic(), res)
-        return res
-
-    def _blob_ref(self, digest: str) -> Any:
-        """The pickled function for a submission: small ones travel inline with each task
-        (cheaper than a fetch from the object store), larger ones by reference."""
-        ref = self.blob_refs.get(digest)
-        if ref is None:
-            blob = self.journal.load_blob(f"{digest}.pkl")
-            if blob is None:
-                return None
-            ref = self.blob_refs[digest] = blob if len(blob) <= INLINE_BLOB else ray.put(blob)
-        return ref
-
-    def _submit(self, rec: TaskRecord) -> None:
-        blob = self._blob_ref(rec.spec.function)
-        if blob is None:
-            rec.failure_reason = "the queue's function was not found in storage"
-            self._finish(
-                rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED
-            )
-            return
-        self.submissions += 1
-        rec.run = f"{self.incarnation}-{self.submissions}"
-        options = dict(rec.spec.ray_options)
-        if rec.spec.gpu_types:
-            gpu_type = pick_gpu_type(rec.spec.gpu_types, self._cluster_resources())
-            if gpu_type is not None:
-                options["accelerator_type"] = gpu_type
-        attempt = Attempt(
-            task_id=rec.id,
-            queue=rec.queue,
-            run=rec.run,
-            attempt=rec.attempts + 1,
-            payload=self.payloads[rec.id],
-            callback_url=rec.spec.callback_url,
-            timeout=rec.spec.timeout,
-            storage_url=self.storage_url,
-        )
-        pool = self._pool(rec.queue)
-        if pool is not None:
-            pool.enqueue(attempt, rec.spec.function, blob, options)
-            return
-        key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True))
-        self.outbox.setdefault(key, []).append((rec, blob, attempt, options))
-        if not self.outbox_flush:
-            self.outbox_flush = True
-            asyncio.get_running_loop().call_soon(self._flush_outbox)
-
-    def _flush_outbox(self) -> None:
-        """Submit what `_submit` queued in this turn of the loop: one Ray task each, or, for
-        queues of tiny tasks with a backlog, a few per Ray task (packing amortises Ray's own
-        per-task cost, which dominates when a task takes a millisecond)."""
-        self.outbox_flush = False
-        outbox, self.outbox = self.outbox, {}
-        for (queue, _, _), items in outbox.items():
-            size = self._pack_size(queue, len(items), items[0][3])
-            for start in range(0, len(items), size):
-                chunk = items[start : start + size]
-                rec, blob, attempt, options = chunk[0]
-                fn = self._remote_fn(rec, options, packed=len(chunk) > 1)
-                if len(chunk) == 1:
-                    ref = fn.remote(rec.spec.function, blob, *attempt.fields())
-                    self.refs[rec.id] = ref
-                    self._spawn(self._watch(rec.id, rec.run, ref))
-                    continue
-                ref = fn.remote(rec.spec.function, blob, [a.fields() for _, _, a, _ in chunk])
-                for member, _, _, _ in chunk:
-                    self.refs[member.id] = ref
-                self._spawn(self._watch_pack([(m.id, m.run) for m, _, _, _ in chunk], ref))
-
-    def _pack_size(self, queue: str, backlog: int, options: dict[str, Any]) -> int:
-        duration = self.durations.get(queue)
-        if duration is None or duration > PACK_BELOW or options.get("num_gpus"):
-            return 1
-        # a pack of tiny tasks runs for about PACK_BELOW seconds, and a backlog is spread
-        # over many packs so that every worker gets some
-        return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), backlog // 32))
-
-    def _remote_fn(self, rec: TaskRecord, options: dict[str, Any], packed: bool = False) -> Any:
-        """The remote function bound to these options (binding is costly, so it is cached)."""
-        key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True), packed)
-        fn = self.remotes.get(key)
-        if fn is None:
-            fn = remote_attempt(rec.spec.max_calls, packed).options(
-                name=f"raybeam:{rec.queue}", **options
-            )
-            self.remotes[key] = fn
-        return fn
-
-    def _pool(self, queue: str) -> ContainerPool | None:
-        pool = self.pools.get(queue)
-        if pool is None:
-            warm = self.queues.get(queue, {}).get("warm")
-            if not warm:
-                return None
-            pool = self.pools[queue] = ContainerPool(self, queue, warm)
-        return pool
-
-    async def _container_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            for pool in list(self.pools.values()):
-                try:
-                    pool.reap()
-                except Exception:
-                    log.exception("container upkeep failed for queue %s", pool.queue)
-
-    async def _watch(
-        self,
-        task_id: str,
-        run: str,
-        ref: ray.ObjectRef[Any],
-        done: Callable[[BaseException | None], None] | None = None,
-    ) -> None:
-        error: BaseException | None = None
-        try:
-            outcome: dict[str, Any] = await ref
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            error = exc
-            outcome = _failure(exc)
-        if done is not None:
-            done(error)
-        await self._settle(task_id, run, outcome)
-
-    async def _watch_pack(self, members: list[tuple[str, str]], ref: ray.ObjectRef[Any]) -> None:
-        try:
-            outcomes: list[dict[str, Any]] = await ref
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # The whole pack failed (a crash, or a kill for one member's timeout or cancel):
-            # the member that was running failed; the ones that never started run again.
-            settles = []
-            for task_id, run in members:
-                rec = self.tasks.get(task_id)
-                if rec is None or rec.run != run or rec.status.is_final:
-                    continue
-                if rec.status is RUNNING:
-                    settles.append(self._settle(task_id, run, _failure(exc)))
-                else:
-                    rec.run = ""
-                    self._submit(rec)
-            await asyncio.gather(*settles)
-            return
-        await asyncio.gather(
-            *(self._settle(t, r, o) for (t, r), o in zip(members, outcomes, strict=True))
-        )
-
     async def _settle(self, task_id: str, run: str, outcome: dict[str, Any]) -> None:
         """Apply how an attempt ended: COMPLETE, a retry, or FAILED."""
         rec = self.tasks.get(task_id)
@@ -443,8 +251,7 @@ class Registry:
         if outcome["ok"]:
             duration = outcome.get("duration")
             if isinstance(duration, float):
-                seen = self.durations.get(rec.queue, duration)
-                self.durations[rec.queue] = 0.8 * seen + 0.2 * duration
+                self.dispatch.observe(rec.queue, duration)
             rec.result = outcome["result"]
             rec.result_blob = outcome["result_blob"]
             rec.failure_reason = None
@@ -458,7 +265,7 @@ class Registry:
             # Back off a little, so a cluster-wide outage does not burn every retry at once.
             await asyncio.sleep(min(RETRY_BACKOFF * 2 ** (rec.attempts - 1), 10.0))
             if rec.status is RETRY and not rec.run:  # not cancelled or resubmitted meanwhile
-                self._submit(rec)
+                self.dispatch.submit(rec)
         else:
             self._finish(rec, TaskStatus.FAILED)
 
@@ -467,7 +274,7 @@ class Registry:
         if rec is None or rec.run != run or rec.status is not RUNNING:
             return
         rec.failure_reason = f"attempt {rec.attempts} ran past the timeout of {rec.spec.timeout} s"
-        self._kill(rec)
+        self.dispatch.stop(rec)
         self._finish(rec, TaskStatus.TIMEOUT)
 
     def _schedule_ttl(self, rec: TaskRecord, now: float) -> None:
@@ -481,19 +288,8 @@ class Registry:
         if rec is None or rec.status is not PENDING:
             return
         rec.failure_reason = f"not started within its ttl of {rec.spec.ttl} s"
-        self._kill(rec)
+        self.dispatch.stop(rec)
         self._finish(rec, TaskStatus.EXPIRED)
-
-    def _kill(self, rec: TaskRecord) -> None:
-        ref = self.refs.pop(rec.id, None)
-        pool = self.pools.get(rec.queue)
-        if pool is not None:
-            pool.stop_task(rec.id)
-        elif ref is not None:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:
-                log.warning("could not cancel the Ray task of %s", rec.id, exc_info=True)
 
     # ---- the API that Python, HTTP and the CLI call -----------------------------------
 
@@ -501,7 +297,7 @@ class Registry:
         self._boot()
         digest = definition["spec"]["function"]
         await asyncio.to_thread(self.journal.store_blob, f"{digest}.pkl", blob)
-        self.blob_refs.setdefault(digest, blob if len(blob) <= INLINE_BLOB else ray.put(blob))
+        self.dispatch.add_function(digest, blob)
         self.queues[definition["name"]] = definition
         self.commits.stage("queue", definition["name"], definition)
         await self.commits.commit()
@@ -538,7 +334,7 @@ class Registry:
         for rec in records:
             if rec.status is PENDING:
                 self._schedule_ttl(rec, now)
-                self._submit(rec)
+                self.dispatch.submit(rec)
         return [it["id"] for it in items]
 
     def _spec(self, queue: str, definition: dict[str, Any], overrides: dict[str, Any]) -> TaskSpec:
@@ -567,7 +363,7 @@ class Registry:
             if rec is None or rec.status.is_final:
                 continue
             rec.failure_reason = "cancelled"
-            self._kill(rec)
+            self.dispatch.stop(rec)
             self._finish(rec, TaskStatus.CANCELLED)
             cancelled.append(task_id)
         if cancelled:
@@ -575,7 +371,7 @@ class Registry:
         return cancelled
 
     def _stats(self, queue: str) -> dict[str, int]:
-        pool = self.pools.get(queue)
+        pool = self.dispatch.pools.get(queue)
         active = pool.size if pool is not None else self.running[queue]
         return {"active_containers": active, "queue_depth": self.depth[queue]}
 
