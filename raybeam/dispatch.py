@@ -27,6 +27,10 @@ PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
 
 #: tasks of a queue whose recent run time is below this (seconds) may share a Ray task
 PACK_BELOW = 0.005
+#: tasks started first from a big backlog of a queue whose task length is not known yet
+PROBE = 8
+#: seconds at most that the rest of that backlog waits for the first probe to finish
+PROBE_WAIT = 1.0
 #: at most this many tasks share one Ray task
 PACK_MAX = 16
 #: pickled functions up to this size travel inline with each task
@@ -66,6 +70,9 @@ class Dispatcher:
         self.remotes: dict[tuple[str, int | None, str, bool], Any] = {}
         self.outbox: dict[tuple[str, int | None, str], list[tuple[Any, ...]]] = {}
         self.outbox_flush = False
+        #: submissions held back while a probe finds out how long a queue's tasks take
+        self.held: dict[tuple[str, int | None, str], list[tuple[Any, ...]]] = {}
+        self.probed: set[tuple[str, int | None, str]] = set()
         #: recent run time of a queue's tasks (moving average), which decides packing
         self.durations: dict[str, float] = {}
         self.blob_refs: dict[str, Any] = {}
@@ -77,6 +84,8 @@ class Dispatcher:
     def observe(self, queue: str, duration: float) -> None:
         seen = self.durations.get(queue, duration)
         self.durations[queue] = 0.8 * seen + 0.2 * duration
+        for key in [k for k in self.held if k[0] == queue]:  # the probe has told
+            self._release(key)
 
     def _cluster_resources(self) -> dict[str, float]:
         at, res = self.resources
@@ -137,7 +146,18 @@ class Dispatcher:
         per-task cost, which dominates when a task takes a millisecond)."""
         self.outbox_flush = False
         outbox, self.outbox = self.outbox, {}
-        for (queue, _, _), items in outbox.items():
+        for key, items in outbox.items():
+            queue = key[0]
+            if queue not in self.durations and len(items) > PROBE and key not in self.probed:
+                self.probed.add(key)
+                # A big backlog on a queue whose task length is unknown: start a few, and
+                # decide how to send the rest once they tell (or PROBE_WAIT has passed).
+                self.held[key] = items[PROBE:]
+                items = items[:PROBE]
+                asyncio.get_running_loop().call_later(PROBE_WAIT, self._release, key)
+            elif key in self.held:
+                self.held[key].extend(items)
+                continue
             size = self._pack_size(queue, len(items), items[0][3])
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
@@ -152,6 +172,16 @@ class Dispatcher:
                 for member, _, _, _ in chunk:
                     self.refs[member.id] = ref
                 self.registry._spawn(self._watch_pack([(m.id, m.run) for m, _, _, _ in chunk], ref))
+
+    def _release(self, key: tuple[str, int | None, str]) -> None:
+        items = [item for item in self.held.pop(key, []) if self._current(item[0], item[2])]
+        if items:
+            self.outbox.setdefault(key, []).extend(items)
+            self._flush()
+
+    def _current(self, rec: TaskRecord, attempt: Attempt) -> bool:
+        """The submission is still wanted: not cancelled, expired or resubmitted meanwhile."""
+        return not rec.status.is_final and rec.run == attempt.run
 
     def _pack_size(self, queue: str, backlog: int, options: dict[str, Any]) -> int:
         duration = self.durations.get(queue)
