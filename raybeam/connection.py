@@ -91,6 +91,14 @@ def _unwrap(exc: ray.exceptions.RayTaskError) -> BaseException:
     return exc.cause if isinstance(exc.cause, RaybeamError) else exc
 
 
+def _backoff(attempt: int) -> float | None:
+    """After the registry was lost: seconds to wait before trying again, None to give up."""
+    if attempt == _RETRIES - 1:
+        return None
+    forget_registry()
+    return float(min(0.2 * 2.0**attempt, 2.0))
+
+
 def call(method: str, *args: Any, timeout: float | None = None) -> Any:
     """Call a registry method and wait for its answer; raybeam errors come back as themselves.
 
@@ -103,10 +111,9 @@ def call(method: str, *args: Any, timeout: float | None = None) -> Any:
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc) from None
         except _GONE:
-            if attempt == _RETRIES - 1:
+            if (delay := _backoff(attempt)) is None:
                 raise
-            forget_registry()
-            time.sleep(min(0.2 * 2**attempt, 2.0))
+            time.sleep(delay)
     raise AssertionError("unreachable")
 
 
@@ -119,8 +126,7 @@ async def acall(method: str, *args: Any) -> Any:
         except ray.exceptions.RayTaskError as exc:
             raise _unwrap(exc) from None
         except _GONE:
-            if attempt == _RETRIES - 1:
+            if (delay := _backoff(attempt)) is None:
                 raise
-            forget_registry()
-            await asyncio.sleep(min(0.2 * 2**attempt, 2.0))
+            await asyncio.sleep(delay)
     raise AssertionError("unreachable")

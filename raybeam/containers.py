@@ -136,7 +136,7 @@ class ContainerPool:
 
     def _current(self, attempt: Attempt) -> TaskRecord | None:
         rec: TaskRecord | None = self.registry.tasks.get(attempt.task_id)
-        if rec is None or rec.status.is_final or rec.run != attempt.run:
+        if rec is None or not rec.is_live(attempt.run):
             return None
         return rec
 

@@ -174,14 +174,10 @@ class Dispatcher:
                 self.registry._spawn(self._watch_pack([(m.id, m.run) for m, _, _, _ in chunk], ref))
 
     def _release(self, key: tuple[str, int | None, str]) -> None:
-        items = [item for item in self.held.pop(key, []) if self._current(item[0], item[2])]
+        items = [item for item in self.held.pop(key, []) if item[0].is_live(item[2].run)]
         if items:
             self.outbox.setdefault(key, []).extend(items)
             self._flush()
-
-    def _current(self, rec: TaskRecord, attempt: Attempt) -> bool:
-        """The submission is still wanted: not cancelled, expired or resubmitted meanwhile."""
-        return not rec.status.is_final and rec.run == attempt.run
 
     def _pack_size(self, queue: str, backlog: int, options: dict[str, Any]) -> int:
         duration = self.durations.get(queue)
@@ -250,7 +246,7 @@ class Dispatcher:
             settles = []
             for task_id, run in members:
                 rec = self.registry.tasks.get(task_id)
-                if rec is None or rec.run != run or rec.status.is_final:
+                if rec is None or not rec.is_live(run):
                     continue
                 if rec.status is RUNNING:
                     settles.append(self.registry._settle(task_id, run, _failure(exc)))

@@ -107,7 +107,7 @@ class TaskRecord:
     updated_at: float = dataclasses.field(default_factory=time.time)
     container_id: str | None = None
     attempts: int = 0
-    #: submissions so far; a report from an older submission is stale and ignored
+    #: id of the live submission ("" between submissions); reports from any other are stale
     run: str = ""
     result: Any = None
     #: base64 of the pickled return value when it is not JSON
@@ -120,6 +120,10 @@ class TaskRecord:
     def __post_init__(self) -> None:
         if not self.history:
             self.history.append((self.status.value, self.created_at))
+
+    def is_live(self, run: str) -> bool:
+        """`run` is this task's current submission, and the task can still change."""
+        return self.run == run and not self.status.is_final
 
     def transition(self, new: TaskStatus, now: float | None = None) -> None:
         """Move to `new` through the transition table, stamping the time."""

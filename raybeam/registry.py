@@ -241,7 +241,7 @@ class Registry:
     async def _settle(self, task_id: str, run: str, outcome: dict[str, Any]) -> None:
         """Apply how an attempt ended: COMPLETE, a retry, or FAILED."""
         rec = self.tasks.get(task_id)
-        if rec is None or rec.run != run or rec.status.is_final:
+        if rec is None or not rec.is_live(run):
             return
         if rec.status is not RUNNING:  # the attempt never started (e.g. its worker died first)
             self._start(rec, outcome.get("container_id"), outcome.get("started_at"))
@@ -406,12 +406,11 @@ class Registry:
         return [t in self.tasks for t in task_ids]
 
     async def statuses(self, task_ids: list[str]) -> dict[str, str | None]:
+        """Each task's status name, None for an unknown id (one round trip for many)."""
         self._boot()
-        out: dict[str, str | None] = {}
-        for t in task_ids:
-            rec = self.tasks.get(t)
-            out[t] = None if rec is None else rec.status.value
-        return out
+        return {
+            t: None if (rec := self.tasks.get(t)) is None else rec.status.value for t in task_ids
+        }
 
     async def wait_final(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
         """The record once final, or as it is when `timeout` seconds pass first."""
@@ -420,10 +419,7 @@ class Registry:
         if rec is None:
             return None
         if not rec.status.is_final:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.waiters.setdefault(task_id, []).append(fut)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            await self._wait(self.waiters, [task_id], timeout)
         info = self._info(rec)
         info["result_blob"] = rec.result_blob
         return info
@@ -435,15 +431,12 @@ class Registry:
         if rec is None:
             return None
         if rec.status.value == seen and not rec.status.is_final:
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.watchers.setdefault(task_id, []).append(fut)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            await self._wait(self.watchers, [task_id], timeout)
         return self._info(rec)
 
     async def wait_any(self, task_ids: list[str], timeout: float) -> list[str]:
-        """The ids among `task_ids` that are final (and stored) or unknown, waiting up to
-        `timeout` seconds for the first one."""
+        """The ids among `task_ids` that are final or unknown, waiting up to `timeout` seconds
+        for the first one."""
         self._boot()
 
         def done() -> list[str]:
@@ -455,16 +448,30 @@ class Registry:
         finished = done()
         if finished or timeout <= 0:
             return finished
+        await self._wait(self.waiters, task_ids, timeout)
+        return done()
+
+    async def _wait(
+        self,
+        table: dict[str, list[asyncio.Future[None]]],
+        task_ids: list[str],
+        timeout: float | None,
+    ) -> None:
+        """Wait until `table` announces a change of any of `task_ids`, at most `timeout` s;
+        the waiter is removed either way, so long-polls on slow tasks leave nothing behind."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for t in task_ids:
-            self.waiters.setdefault(t, []).append(fut)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-        for t in task_ids:
-            waiting = self.waiters.get(t)
-            if waiting and fut in waiting:
-                waiting.remove(fut)
-        return done()
+            table.setdefault(t, []).append(fut)
+        try:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+        finally:
+            for t in task_ids:
+                waiting = table.get(t)
+                if waiting is not None and fut in waiting:
+                    waiting.remove(fut)
+                    if not waiting:
+                        del table[t]
 
     async def list(
         self, queue: str | None, status: str | None, limit: int, cursor: str | None
