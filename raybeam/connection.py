@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 import ray
 
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, settings
 from raybeam.errors import RaybeamError
+from raybeam.leases import LEASE_SECONDS
 
+log = logging.getLogger("raybeam")
 _lock = threading.Lock()
 _handle: Any = None
 _handle_session: str | None = None
@@ -103,8 +107,9 @@ def call(method: str, *args: Any, timeout: float | None = None) -> Any:
     """Call a registry method and wait for its answer; raybeam errors come back as themselves.
 
     A registry that died is started again (it reloads its state) and the call repeated, so
-    registry methods are idempotent.
+    registry methods are idempotent. Puts sent without waiting are answered first.
     """
+    pipeline.collect()
     for attempt in range(_RETRIES):
         try:
             return ray.get(getattr(registry(), method).remote(*args), timeout=timeout)
@@ -130,3 +135,172 @@ async def acall(method: str, *args: Any) -> Any:
                 raise
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
+
+
+#: the most slots a client leases on a queue at once
+MAX_LEASE = 256
+#: leased puts are sent in batches of up to this many ...
+BATCH = 64
+#: ... or after this many seconds, whichever comes first
+SEND_DELAY = 0.002
+#: with this many puts unanswered, a put waits for the oldest answers
+MAX_UNANSWERED = 1024
+
+
+class _Putting:
+    """One queue's lease, as this process sees it."""
+
+    def __init__(self) -> None:
+        self.slots = 0
+        self.usable_until = 0.0
+        self.last_put = -LEASE_SECONDS
+        self.want = 0
+        self.session = ""
+
+
+class Pipeline:
+    """`.put()` in a loop without a round trip per call.
+
+    A put that finds no lease waits for the registry, as a lone put always does; if it came
+    soon after another put, it also asks for a lease (4 slots, then 16, 64, 256). Puts
+    within the lease cannot meet a full queue, so they return at once, and are sent in
+    batches a moment later. Ray runs one caller's calls to an actor in order, and every other
+    registry call from this process (`Task.status()`, `wait`, ...) first sends and waits for
+    the unanswered puts, so nothing about a task is read before it is stored; a process that
+    exits does the same. An unanswered put whose answer is an error raises it from the next
+    put or registry call.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.ready = threading.Condition(self.lock)
+        self.client = uuid.uuid4().hex
+        self.queues: dict[str, _Putting] = {}
+        #: puts waiting to be sent, by queue, and when the oldest of them was made
+        self.buffer: dict[str, list[dict[str, Any]]] = {}
+        self.oldest = 0.0
+        self.unanswered: list[tuple[Any, str, list[dict[str, Any]]]] = []
+        self.sender: threading.Thread | None = None
+
+    def submit(self, queue: str, items: list[dict[str, Any]]) -> list[str]:
+        """Store tasks on `queue`; returns their ids (see the class docstring for when)."""
+        ids = [item["id"] for item in items]
+        with self.lock:
+            session = _session()
+            put = self.queues.setdefault(queue, _Putting())
+            now = time.monotonic()
+            recent, put.last_put = now - put.last_put < LEASE_SECONDS / 2, now
+            if put.session == session and put.slots >= len(items) and now < put.usable_until:
+                put.slots -= len(items)
+                put.usable_until = now + LEASE_SECONDS / 2
+                self._buffer(queue, items, now)
+                return ids
+            self._answers(wait=False)
+            self._send()  # before this put: Ray keeps one caller's order
+            put.want = min(MAX_LEASE, max(4, put.want * 4)) if recent else 0
+            put.slots, put.session = 0, session
+            handle = registry()
+            submitted = handle.submit.remote(queue, items, self.client)
+            leased = handle.lease.remote(queue, self.client, put.want) if put.want else None
+            try:
+                ray.get(submitted)
+            except ray.exceptions.RayTaskError as exc:
+                raise _unwrap(exc) from None
+            except _GONE:
+                call("submit", queue, items)
+                return ids
+            if leased is not None:
+                put.slots = ray.get(leased)
+                put.usable_until = time.monotonic() + LEASE_SECONDS / 2
+            return ids
+
+    def collect(self) -> None:
+        """Send every buffered put and wait for every answer."""
+        with self.lock:
+            if self.buffer or self.unanswered:
+                self._send()
+                self._answers(wait=True)
+
+    def _buffer(self, queue: str, items: list[dict[str, Any]], now: float) -> None:
+        if not self.buffer:
+            self.oldest = now
+        waiting = self.buffer.setdefault(queue, [])
+        waiting.extend(items)
+        if len(waiting) >= BATCH:
+            self._send()
+            if sum(len(items) for _, _, items in self.unanswered) > MAX_UNANSWERED:
+                self._answers(wait=True)
+        elif self.sender is None:
+            self.sender = threading.Thread(target=self._send_soon, name="raybeam-put", daemon=True)
+            self.sender.start()
+            # after Ray's own exit handler (registered at import), so this one runs first
+            atexit.register(self._collect_at_exit)
+        else:
+            self.ready.notify()
+
+    def _send(self) -> None:
+        buffer, self.buffer = self.buffer, {}
+        if buffer and not ray.is_initialized():  # Ray was shut down under unsent puts
+            lost = [item["id"] for items in buffer.values() for item in items]
+            log.error("Ray was shut down before these tasks were sent: %s", ", ".join(lost))
+        elif buffer:
+            handle = registry()
+            for queue, items in buffer.items():
+                ref = handle.submit.remote(queue, items, self.client)
+                self.unanswered.append((ref, queue, items))
+
+    def _send_soon(self) -> None:
+        with self.lock:
+            while True:
+                if not self.buffer:
+                    self.ready.wait()
+                    continue
+                due = self.oldest + SEND_DELAY - time.monotonic()
+                if due > 0:
+                    self.ready.wait(due)
+                    continue
+                try:
+                    self._send()
+                except Exception:  # answered by the next put or registry call
+                    log.exception("could not send puts to the registry")
+
+    def _answers(self, wait: bool) -> None:
+        """Take in the answers that came (all of them, with `wait`); resend what was lost."""
+        if not self.unanswered:
+            return
+        refs = [ref for ref, _, _ in self.unanswered]
+        if wait:
+            done = set(refs)
+        else:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            done = set(ready)
+        answered = [entry for entry in self.unanswered if entry[0] in done]
+        self.unanswered = [entry for entry in self.unanswered if entry[0] not in done]
+        failed: list[Exception] = []
+        for ref, queue, items in answered:
+            try:
+                try:
+                    ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    raise _unwrap(exc) from None
+                except _GONE:
+                    call("submit", queue, items)  # idempotent: stored ids are skipped
+            except Exception as exc:
+                exc.add_note(
+                    "raised for tasks put earlier, without waiting: "
+                    + ", ".join(item["id"] for item in items)
+                )
+                failed.append(exc)
+        if failed:
+            raise failed[0]
+
+    def _collect_at_exit(self) -> None:
+        if not ray.is_initialized():
+            return
+        try:
+            self.collect()
+        except Exception:
+            log.exception("tasks put before exit were not stored")
+
+
+pipeline = Pipeline()

@@ -158,7 +158,10 @@ class Dispatcher:
             elif key in self.held:
                 self.held[key].extend(items)
                 continue
-            size = self._pack_size(queue, len(items), items[0][3])
+            # tasks of the queue not started yet, those sent in earlier turns included: puts
+            # arrive a few per turn, and still form a backlog when workers fall behind
+            waiting = self.registry.depth[queue] - self.registry.running[queue]
+            size = self._pack_size(queue, max(len(items), waiting), items[0][3])
             for start in range(0, len(items), size):
                 chunk = items[start : start + size]
                 rec, blob, attempt, options = chunk[0]
@@ -184,8 +187,9 @@ class Dispatcher:
         if duration is None or duration > PACK_BELOW or options.get("num_gpus"):
             return 1
         # a pack of tiny tasks runs for about PACK_BELOW seconds, and a backlog is spread
-        # over many packs so that every worker gets some
-        return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), backlog // 32))
+        # over at least as many packs as the cluster runs such tasks at once
+        at_once = self._cluster_resources().get("CPU", 1.0) / max(options.get("num_cpus", 1), 0.01)
+        return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), int(backlog / at_once)))
 
     def _remote_fn(self, rec: TaskRecord, options: dict[str, Any], packed: bool = False) -> Any:
         """The remote function bound to these options (binding is costly, so it is cached)."""

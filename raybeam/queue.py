@@ -224,8 +224,7 @@ class TaskQueue(Generic[P, R]):
 
     def _submit(self, items: list[dict[str, Any]]) -> list[Task]:
         self.register()
-        ids: list[str] = connection.call("submit", self.name, items)
-        return [Task(i) for i in ids]
+        return [Task(i) for i in connection.pipeline.submit(self.name, items)]
 
     def put(self, *args: P.args, **kwargs: P.kwargs) -> Task:
         """Enqueue one call; returns its `Task` at once.

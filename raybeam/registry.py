@@ -28,6 +28,7 @@ from raybeam import middleware
 from raybeam.dispatch import Dispatcher
 from raybeam.errors import QueueFull, QueueNotFound
 from raybeam.journal import Entry, GroupCommit, Journal
+from raybeam.leases import Leases
 from raybeam.middleware.retention import Retention
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
 from raybeam.runner import START_REPORT_DELAY
@@ -99,6 +100,7 @@ class Registry:
             if rec.status is RUNNING:
                 self.running[rec.queue] += 1
         self.dispatch = Dispatcher(self)
+        self.leases = Leases()
         self.ttl_timers: dict[str, asyncio.TimerHandle] = {}
         #: records of one queue with the same overrides share one (immutable) spec
         self.specs: dict[tuple[str, str, str], TaskSpec] = {}
@@ -306,20 +308,26 @@ class Registry:
         self._boot()
         return self.queues.get(name)
 
-    async def submit(self, queue: str, items: list[dict[str, Any]]) -> list[str]:
-        """Store new tasks, then start them. Items: {"id", "payload", "overrides"}."""
+    async def submit(
+        self, queue: str, items: list[dict[str, Any]], client: str | None = None
+    ) -> list[str]:
+        """Store new tasks, then start them. Items: {"id", "payload", "overrides"}.
+
+        A `client` holding a lease on the queue (see `lease`) fills its leased slots first.
+        """
         self._boot()
-        definition = self.queues.get(queue)
-        if definition is None:
-            raise QueueNotFound(f"no queue named {queue!r} is registered")
+        definition = self._definition(queue)
         new = [it for it in items if it["id"] not in self.tasks]
-        cap = definition["max_pending_tasks"]
-        if self.depth[queue] + len(new) > cap:
+        covered = min(self.leases.own(queue, client), len(new))
+        if len(new) - covered > self._free(queue):
+            cap = definition["max_pending_tasks"]
             raise QueueFull(
                 f"queue {queue!r} holds {self.depth[queue]} unfinished tasks; its "
                 f"max_pending_tasks is {cap}, so {len(new)} more do not fit. Wait for tasks "
                 "to finish or raise max_pending_tasks."
             )
+        if covered and client is not None:
+            self.leases.use(queue, client, covered)
         now = time.time()
         records = []
         for item in new:
@@ -336,6 +344,23 @@ class Registry:
                 self._schedule_ttl(rec, now)
                 self.dispatch.submit(rec)
         return [it["id"] for it in items]
+
+    async def lease(self, queue: str, client: str, want: int) -> int:
+        """Set aside up to `want` more slots for `client`'s next puts; returns its slots now."""
+        self._boot()
+        self._definition(queue)
+        return self.leases.grant(queue, client, want, self._free(queue))
+
+    def _definition(self, queue: str) -> dict[str, Any]:
+        definition = self.queues.get(queue)
+        if definition is None:
+            raise QueueNotFound(f"no queue named {queue!r} is registered")
+        return definition
+
+    def _free(self, queue: str) -> int:
+        """Slots of `queue` that neither unfinished tasks nor leases hold."""
+        cap: int = self.queues[queue]["max_pending_tasks"]
+        return cap - self.depth[queue] - self.leases.total(queue)
 
     def _spec(self, queue: str, definition: dict[str, Any], overrides: dict[str, Any]) -> TaskSpec:
         key = (queue, definition["spec"]["function"], json.dumps(overrides, sort_keys=True))
