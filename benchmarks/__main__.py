@@ -38,10 +38,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--scale-levels",
         type=lambda s: [int(x) for x in s.split(",")],
-        default=[1000, 10000, 30000],
+        default=[1000, 10000, 100000],
         help="records held at each scale step",
     )
-    p.add_argument("--scale-100k", action="store_true", help="scale to 1k, 10k and 100k")
     p.add_argument("--scale-samples", type=int, default=100, help="puts timed per scale step")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--keep-temp", action="store_true", help="keep Ray's logs and the storage")
@@ -51,8 +50,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.warm_tasks, args.recovery_tasks = 4, 200
         args.http_requests, args.http_seconds = [50, 200], 10
         args.scale_levels, args.scale_samples = [200, 1000, 2000], 20
-    if args.scale_100k:
-        args.scale_levels = [1000, 10000, 100000]
     chosen = args.only.split(",") if args.only else list(ORDER)
     skipped = set(filter(None, args.skip.split(",")))
     unknown = (set(chosen) | skipped) - set(ORDER)

@@ -33,7 +33,13 @@ async def bare_enqueue(name: str, request: Request) -> dict[str, str]:
 QUIET = LoggingConfig(enable_access_log=False)
 
 
-@serve.deployment(name="bench_bare", ray_actor_options={"num_cpus": 0}, logging_config=QUIET)
+# the same concurrency limit as raybeam's deployment (serve_app/deployment.py)
+@serve.deployment(
+    name="bench_bare",
+    ray_actor_options={"num_cpus": 0},
+    logging_config=QUIET,
+    max_ongoing_requests=64,
+)
 @serve.ingress(bare_api)
 class Bare:
     pass
@@ -87,6 +93,27 @@ async def load(url: str, clients: int, max_requests: int, max_seconds: float) ->
     }
 
 
+#: rounds in which the two endpoints take turns
+ROUNDS = 4
+
+
+def merge(total: dict[str, Any] | None, res: dict[str, Any]) -> dict[str, Any]:
+    """Two loads' figures as one load's."""
+    if total is None:
+        return res
+    codes = dict(total["codes"])
+    for code, n in res["codes"].items():
+        codes[code] = codes.get(code, 0) + n
+    elapsed = total["elapsed"] + res["elapsed"]
+    return {
+        "latencies_ms": total["latencies_ms"] + res["latencies_ms"],
+        "codes": codes,
+        "errors": total["errors"] + res["errors"],
+        "elapsed": elapsed,
+        "rps": codes.get(200, 0) / elapsed if elapsed else 0.0,
+    }
+
+
 def run(ctx: Context) -> None:
     from serve_app.deployment import APP_NAME, deploy
 
@@ -111,9 +138,16 @@ def run(ctx: Context) -> None:
             if warm["codes"].get(200, 0) == 0:
                 raise RuntimeError(f"{name} answered no 200 during warm-up: {warm['codes']}")
         for clients, requests in zip((1, 16), ctx.args.http_requests, strict=True):
-            for name, url in urls.items():
-                res = asyncio.run(load(url, clients, requests, ctx.args.http_seconds))
-                results[name][clients] = res
+            # the two endpoints take turns, in ROUNDS rounds, so that a slow spell of the
+            # (shared) machine does not fall on one of them only
+            for turn in range(ROUNDS):
+                order = list(urls.items()) if turn % 2 == 0 else list(urls.items())[::-1]
+                for name, url in order:
+                    seconds = ctx.args.http_seconds / ROUNDS
+                    res = asyncio.run(load(url, clients, requests // ROUNDS, seconds))
+                    results[name][clients] = merge(results[name].get(clients), res)
+            for name in urls:
+                res = results[name][clients]
                 lat = res["latencies_ms"]
                 say(
                     f"  {name}, {clients} client(s): {len(lat)} requests in {res['elapsed']:.1f}"

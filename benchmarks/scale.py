@@ -23,6 +23,7 @@ from benchmarks.common import (
 )
 from benchmarks.throughput import noop
 from raybeam import connection, task_queue
+from raybeam.enqueue import new_item
 
 CHUNK = 1000
 
@@ -47,14 +48,22 @@ def fill(queue: Any, target: int) -> float:
 
 
 def probe(queue: Any, samples: int) -> dict[str, list[float]]:
-    """Latency of single puts and of single status reads, one at a time."""
+    """Latency of single stored puts and of single status reads, one at a time.
+
+    A put here is the registry's `submit` of one call, answered once the task is stored: what
+    a lone `.put()` or an HTTP enqueue waits for. (A `.put()` loop would run on a lease, and
+    its puts would return before the registry answers; see benchmark 1.)
+    """
     puts, reads = [], []
+    definition = connection.call("queue_info", queue.name)
     with quiet():
         tasks = []
         for i in range(samples):
+            item = new_item(definition, [i], {})
             start = time.perf_counter()
-            tasks.append(queue.put(i))
+            connection.call("submit", queue.name, [item])
             puts.append(time.perf_counter() - start)
+            tasks.append(raybeam.Task(item["id"]))
         for task in tasks:
             start = time.perf_counter()
             task.status()

@@ -33,6 +33,9 @@ PROBE = 8
 PROBE_WAIT = 1.0
 #: at most this many tasks share one Ray task
 PACK_MAX = 16
+#: seconds between storing new tasks and sending them to Ray: the answer to the caller goes
+#: out first (sending holds the registry's GIL for a while), and more tasks join the batch
+SEND_AFTER = 0.001
 #: pickled functions up to this size travel inline with each task
 INLINE_BLOB = 64 * 1024
 
@@ -138,7 +141,7 @@ class Dispatcher:
         self.outbox.setdefault(key, []).append((rec, blob, attempt, options))
         if not self.outbox_flush:
             self.outbox_flush = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_later(SEND_AFTER, self._flush)
 
     def _flush(self) -> None:
         """Submit what `_submit` queued in this turn of the loop: one Ray task each, or, for

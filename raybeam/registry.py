@@ -26,7 +26,7 @@ import ray
 
 from raybeam import middleware
 from raybeam.dispatch import Dispatcher
-from raybeam.errors import QueueFull, QueueNotFound
+from raybeam.errors import QueueFull, QueueNotFound, RaybeamError
 from raybeam.journal import Entry, GroupCommit, Journal
 from raybeam.leases import Leases
 from raybeam.middleware.retention import Retention
@@ -316,6 +316,32 @@ class Registry:
         A `client` holding a lease on the queue (see `lease`) fills its leased slots first.
         """
         self._boot()
+        records = self._admit(queue, items, client)
+        await self._stored(records)
+        return [it["id"] for it in items]
+
+    async def submit_each(
+        self, calls: list[tuple[str, list[dict[str, Any]]]]
+    ) -> list[list[str] | RaybeamError]:
+        """`submit` for several callers at once (the HTTP API's concurrent requests): each
+        call is admitted or refused on its own, and all are stored in one write."""
+        self._boot()
+        answers: list[list[str] | RaybeamError] = []
+        records: list[TaskRecord] = []
+        for queue, items in calls:
+            try:
+                records += self._admit(queue, items, None)
+            except RaybeamError as exc:
+                answers.append(exc)
+            else:
+                answers.append([it["id"] for it in items])
+        await self._stored(records)
+        return answers
+
+    def _admit(
+        self, queue: str, items: list[dict[str, Any]], client: str | None
+    ) -> list[TaskRecord]:
+        """New records for the items not stored yet, if the queue has room for them."""
         definition = self._definition(queue)
         new = [it for it in items if it["id"] not in self.tasks]
         covered = min(self.leases.own(queue, client), len(new))
@@ -338,12 +364,15 @@ class Registry:
             self.commits.stage("payload", rec.id, item["payload"])
             self.depth[queue] += 1
             records.append(rec)
+        return records
+
+    async def _stored(self, records: list[TaskRecord]) -> None:
+        """Wait until new records are stored, then start them."""
         await self._persist(*records)
         for rec in records:
             if rec.status is PENDING:
-                self._schedule_ttl(rec, now)
+                self._schedule_ttl(rec, rec.created_at)
                 self.dispatch.submit(rec)
-        return [it["id"] for it in items]
 
     async def lease(self, queue: str, client: str, want: int) -> int:
         """Set aside up to `want` more slots for `client`'s next puts; returns its slots now."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -64,7 +65,12 @@ def full(x: int = 0) -> int:
     return x
 
 
-QUEUES = [double, files, public, stuck, listed, full]
+@task_queue(name=f"http_crowded_{SUFFIX}", cpu=NEVER_STARTS, max_pending_tasks=12)
+def crowded(x: int = 0) -> int:
+    return x
+
+
+QUEUES = [double, files, public, stuck, listed, full, crowded]
 
 
 @dataclass
@@ -97,7 +103,11 @@ def api(ray_cluster: Any) -> Iterator[Api]:
         ):
             assert anonymous.get("/healthz").status_code == 200
             yield Api(url, client, anonymous)
-            ids = [t.id for q in (stuck, listed, full) for t in raybeam.list_tasks(queue=q.name)]
+            ids = [
+                t.id
+                for q in (stuck, listed, full, crowded)
+                for t in raybeam.list_tasks(queue=q.name)
+            ]
             if ids:
                 client.request("DELETE", "/v2/task/cancel/", json={"task_ids": ids})
         undeploy()
@@ -224,6 +234,26 @@ def test_unknown_queue_is_404_and_full_queue_429(api: Api) -> None:
     enqueue(api, full.name, {})
     body = assert_error(api.client.post(f"/taskqueue/{full.name}", json={}), 429, "QueueFull")
     assert "max_pending_tasks" in body["detail"]
+
+
+def test_concurrent_requests_are_admitted_or_refused_one_by_one(api: Api) -> None:
+    # requests that arrive together reach the registry together (one call); each is still
+    # answered on its own: the first 12 fit, the rest are 429, nothing is lost or doubled
+    async def post_all() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        async with httpx.AsyncClient(base_url=api.url, headers=headers, timeout=30) as client:
+            return await asyncio.gather(
+                *(client.post(f"/taskqueue/{crowded.name}", json={"x": i}) for i in range(40))
+            )
+
+    answers = asyncio.run(post_all())
+    codes = sorted(a.status_code for a in answers)
+    assert codes == [200] * 12 + [429] * 28, codes
+    ids = {a.json()["task_id"] for a in answers if a.status_code == 200}
+    assert ids == {t.id for t in raybeam.list_tasks(queue=crowded.name)}
+    for answer in answers:
+        if answer.status_code == 429:
+            assert_error(answer, 429, "QueueFull")
 
 
 def test_bodies_over_16_mib_are_413(api: Api) -> None:
