@@ -41,7 +41,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=[1000, 10000, 100000],
         help="records held at each scale step",
     )
-    p.add_argument("--scale-samples", type=int, default=100, help="puts timed per scale step")
+    p.add_argument("--scale-samples", type=int, default=300, help="puts timed per scale step")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--keep-temp", action="store_true", help="keep Ray's logs and the storage")
     args = p.parse_args(argv)

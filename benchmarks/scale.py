@@ -26,6 +26,9 @@ from raybeam import connection, task_queue
 from raybeam.enqueue import new_item
 
 CHUNK = 1000
+#: seconds between filling and measuring: latency with the records held, not while the
+#: registry is still busy with the fill (finishing tasks, writing a snapshot)
+SETTLE = 3.0
 
 
 def held() -> int:
@@ -86,6 +89,7 @@ def run(ctx: Context) -> None:
     empty_rss = rss_mib(pid)
     for level in levels:
         took = fill(queue, level)
+        time.sleep(SETTLE)
         lat = probe(queue, samples)
         count = held()
         rss = rss_mib(pid)

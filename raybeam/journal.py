@@ -33,6 +33,8 @@ Entry = dict[str, Any]
 #: batches in one local journal segment before the next segment begins
 SEGMENT_BATCHES = 10_000
 State = dict[tuple[str, str], Any]
+#: live entries serialised for a snapshot between two turns of the registry's event loop
+SNAPSHOT_CHUNK = 500
 
 
 class Journal:
@@ -141,15 +143,28 @@ class Journal:
             self.segment.close()
             self.segment = None
 
-    def snapshot(self, entries: list[Entry], seq: int) -> None:
-        """Store `entries` as the whole state as of segment `seq`, then drop what it replaces.
-
-        The current segment is closed first, so later batches go to a segment after `seq`.
-        """
+    def seal(self) -> int:
+        """End the current local segment, so later batches go after it; returns its seq."""
         self.close()
-        self._write_atomic(
-            self._p("snapshot", f"{seq:016d}.json"), json.dumps(entries, separators=(",", ":"))
-        )
+        return self.seq
+
+    def snapshot(self, entries: list[Entry], seq: int) -> None:
+        """Store `entries` as the whole state as of segment `seq` (see `write_snapshot`)."""
+        self.close()
+        self.write_snapshot([json.dumps(entries, separators=(",", ":"))[1:-1]], seq)
+
+    def write_snapshot(self, parts: list[str], seq: int) -> None:
+        """Store the state as of segment `seq`, then drop the segments and snapshots it
+        replaces. `parts` are comma-separated JSON entries; together they are the state.
+        Batches written meanwhile must go to segments after `seq` (see `seal`).
+        """
+        path = self._p("snapshot", f"{seq:016d}.json")
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with self.fs.open(tmp, "w") as f:
+            f.write("[")
+            f.write(",".join(part for part in parts if part))
+            f.write("]")
+        self.fs.mv(tmp, path)
         for old, path in self._seq_files("journal", ".jsonl"):
             if old <= seq:
                 self.fs.rm(path)
@@ -183,13 +198,19 @@ class GroupCommit:
     Changes staged while a write is under way go into the next one, so under load the
     number of writes stays far below the number of changes. A value is serialised when its
     batch is written, so a record changed twice in one batch is written once, as it is then.
+
+    Compaction runs beside the batches, never in their way: the current segment is sealed,
+    the live state is serialised a chunk at a time between other work, and the snapshot is
+    written in a thread. A record changed meanwhile may go into the snapshot in its newer
+    state; the segments after the sealed one hold the same change and replay on top of it,
+    so loading always ends with the latest state.
     """
 
     def __init__(
         self,
         journal: Journal,
         serialise: Callable[[Any], Any],
-        everything: Callable[[], list[Entry]],
+        everything: Callable[[], list[tuple[str, str, Any]]],
         live: Callable[[], int],
     ) -> None:
         self.journal = journal
@@ -203,6 +224,7 @@ class GroupCommit:
         self.staged: dict[tuple[str, str], Any] = {}
         self.waiters: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
+        self.compacting: asyncio.Task[None] | None = None
 
     def stage(self, kind: str, key: str, value: Any) -> None:
         """Note a change (None deletes) for the next batch, without waiting for it."""
@@ -237,9 +259,10 @@ class GroupCommit:
                     fut.set_result(None)
             # compact once the journal outgrows the state it describes, so the cost of a
             # snapshot (which writes every live entry) stays proportional to the changes
-            if self.entries_since_snapshot >= max(self.snapshot_min, 2 * self.live()):
-                await self._compact()
+            due = self.entries_since_snapshot >= max(self.snapshot_min, 2 * self.live())
+            if due and self.compacting is None:
                 self.entries_since_snapshot = 0
+                self.compacting = asyncio.get_running_loop().create_task(self._compact())
 
     async def _write(self, batch: dict[tuple[str, str], Any]) -> None:
         entries = [{"t": k[0], "k": k[1], "d": self.serialise(v)} for k, v in batch.items()]
@@ -258,8 +281,17 @@ class GroupCommit:
         self.entries_since_snapshot += len(entries)
 
     async def _compact(self) -> None:
-        entries = self.everything()
         try:
-            await asyncio.to_thread(self.journal.snapshot, entries, self.journal.seq)
+            seq = self.journal.seal()
+            items = self.everything()
+            parts = []
+            for start in range(0, len(items), SNAPSHOT_CHUNK):
+                chunk = items[start : start + SNAPSHOT_CHUNK]
+                entries = [{"t": t, "k": k, "d": self.serialise(v)} for t, k, v in chunk]
+                parts.append(json.dumps(entries, separators=(",", ":"))[1:-1])
+                await asyncio.sleep(0)  # calls and batches go on between chunks
+            await asyncio.to_thread(self.journal.write_snapshot, parts, seq)
         except Exception:
             log.exception("could not write a registry snapshot; the journal stays as it is")
+        finally:
+            self.compacting = None

@@ -27,7 +27,7 @@ import ray
 from raybeam import middleware
 from raybeam.dispatch import Dispatcher
 from raybeam.errors import QueueFull, QueueNotFound, RaybeamError
-from raybeam.journal import Entry, GroupCommit, Journal
+from raybeam.journal import GroupCommit, Journal
 from raybeam.leases import Leases
 from raybeam.middleware.retention import Retention
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
@@ -175,10 +175,11 @@ class Registry:
             self._dirty(rec)
         await self.commits.commit()
 
-    def _everything(self) -> list[Entry]:
-        entries: list[Entry] = [{"t": "queue", "k": k, "d": v} for k, v in self.queues.items()]
-        entries += [{"t": "payload", "k": k, "d": v} for k, v in self.payloads.items()]
-        entries += [{"t": "task", "k": r.id, "d": r.to_json()} for r in self.tasks.values()]
+    def _everything(self) -> list[tuple[str, str, Any]]:
+        """Every live (kind, key, value), for a snapshot; values are serialised later."""
+        entries: list[tuple[str, str, Any]] = [("queue", k, v) for k, v in self.queues.items()]
+        entries += [("payload", k, v) for k, v in self.payloads.items()]
+        entries += [("task", r.id, r) for r in self.tasks.values()]
         return entries
 
     # ---- status changes: the one place counters, refs and hooks follow ------------------

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -100,7 +101,7 @@ def test_group_commit_batches_changes_and_compacts(tmp_path: Path) -> None:
         commits = GroupCommit(
             j,
             lambda v: v,
-            lambda: [{"t": "task", "k": k, "d": v} for k, v in live.items()],
+            lambda: [("task", k, v) for k, v in live.items()],
             lambda: len(live),
         )
         commits.snapshot_min = 50
@@ -111,11 +112,55 @@ def test_group_commit_batches_changes_and_compacts(tmp_path: Path) -> None:
             if i % 20 == 0:
                 await commits.commit()
         await commits.commit()
+        while commits.compacting is not None:
+            await asyncio.sleep(0.01)
         runner.cancel()
 
     asyncio.run(scenario())
     j.close()
     assert list((tmp_path / "registry" / "snapshot").iterdir())
+    state, problems = journal(tmp_path).load()
+    assert state == {("task", k): v for k, v in live.items()}
+    assert problems == []
+
+
+def test_batches_go_on_while_a_snapshot_is_made(tmp_path: Path, monkeypatch: Any) -> None:
+    import asyncio
+
+    from raybeam import journal as journal_module
+    from raybeam.journal import GroupCommit
+
+    monkeypatch.setattr(journal_module, "SNAPSHOT_CHUNK", 10)
+    j = journal(tmp_path)
+    live = {str(i): i for i in range(1000)}
+
+    async def scenario() -> None:
+        # a threshold of 1,000 entries, met by the first commit
+        commits = GroupCommit(
+            j, lambda v: v, lambda: [("task", k, v) for k, v in live.items()], lambda: 1
+        )
+        commits.snapshot_min = 1000
+        runner = asyncio.get_running_loop().create_task(commits.run())
+        for k, v in live.items():
+            commits.stage("task", k, v)
+        await commits.commit()  # 1000 entries: a snapshot is due and starts
+        assert commits.compacting is not None
+        # changes made while it is under way are stored without waiting for it
+        live["0"], live["new"] = -1, 7
+        commits.stage("task", "0", -1)
+        commits.stage("task", "new", 7)
+        await commits.commit()
+        assert commits.compacting is not None
+        del live["5"]
+        commits.stage("task", "5", None)
+        await commits.commit()
+        while commits.compacting is not None:
+            await asyncio.sleep(0.01)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    j.close()
+    assert len(list((tmp_path / "registry" / "snapshot").iterdir())) == 1
     state, problems = journal(tmp_path).load()
     assert state == {("task", k): v for k, v in live.items()}
     assert problems == []
