@@ -210,7 +210,10 @@ class Pipeline:
                 call("submit", queue, items)
                 return ids
             if leased is not None:
-                put.slots = ray.get(leased)
+                try:
+                    put.slots = ray.get(leased)
+                except Exception:  # the put is stored; the next one goes without a lease
+                    log.warning("no lease on queue %s this time", queue, exc_info=True)
                 put.usable_until = time.monotonic() + LEASE_SECONDS / 2
             return ids
 
@@ -239,15 +242,19 @@ class Pipeline:
             self.ready.notify()
 
     def _send(self) -> None:
-        buffer, self.buffer = self.buffer, {}
-        if buffer and not ray.is_initialized():  # Ray was shut down under unsent puts
-            lost = [item["id"] for items in buffer.values() for item in items]
+        if not self.buffer:
+            return
+        if not ray.is_initialized():  # Ray was shut down under unsent puts
+            lost = [item["id"] for items in self.buffer.values() for item in items]
+            self.buffer = {}
             log.error("Ray was shut down before these tasks were sent: %s", ", ".join(lost))
-        elif buffer:
-            handle = registry()
-            for queue, items in buffer.items():
-                ref = handle.submit.remote(queue, items, self.client)
-                self.unanswered.append((ref, queue, items))
+            return
+        handle = registry()  # if this fails, the puts stay buffered for the next try
+        while self.buffer:
+            queue, items = next(iter(self.buffer.items()))
+            ref = handle.submit.remote(queue, items, self.client)
+            del self.buffer[queue]
+            self.unanswered.append((ref, queue, items))
 
     def _send_soon(self) -> None:
         with self.lock:
@@ -261,8 +268,9 @@ class Pipeline:
                     continue
                 try:
                     self._send()
-                except Exception:  # answered by the next put or registry call
-                    log.exception("could not send puts to the registry")
+                except Exception:  # kept; sent by the next try, put or registry call
+                    log.exception("could not send puts to the registry; trying again")
+                    self.ready.wait(0.5)
 
     def _answers(self, wait: bool) -> None:
         """Take in the answers that came (all of them, with `wait`); resend what was lost."""

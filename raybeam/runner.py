@@ -21,6 +21,7 @@ import cloudpickle
 import ray
 
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
+from raybeam.connection import pipeline
 from raybeam.context import TaskContext, reset_context, set_context
 
 log = logging.getLogger("raybeam.runner")
@@ -169,6 +170,9 @@ def call_handler(
         value = bundle.fn(*args, **kwargs)
         if inspect.isawaitable(value):
             value = asyncio.run(_await(value))
+        # tasks the handler put are stored before the attempt ends: the worker may exit
+        # right after it (max_calls), before a batch of puts went out
+        pipeline.collect()
         result, blob = encode_result(value)
         return {"ok": True, "result": result, "result_blob": blob, "outputs": ctx.saved_outputs}
     except Exception as exc:

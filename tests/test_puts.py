@@ -162,3 +162,18 @@ def test_a_new_ray_session_starts_without_a_lease(unique_name: str) -> None:
     lease.slots, lease.usable_until, lease.session = 50, time.monotonic() + 60, "old session"
     assert one.put().result(timeout=60) == 1
     assert lease.session == connection._session()
+
+
+def test_puts_made_inside_a_task_are_stored_before_its_worker_exits(unique_name: str) -> None:
+    @task_queue(name=f"{unique_name}_child", cpu=0.25, max_pending_tasks=1000)
+    def child(i: int) -> int:
+        return i
+
+    @task_queue(name=unique_name, cpu=0.25, max_calls=1)  # one task per worker process
+    def parent(n: int) -> list[str]:
+        return [child.put(i).id for i in range(n)]
+
+    ids = parent.put(100).result(timeout=60)
+    children = [raybeam.get_task(i) for i in ids]
+    raybeam.wait(children, timeout=60)
+    assert [t.result() for t in children] == list(range(100))
