@@ -102,6 +102,7 @@ class Registry:
         self.dispatch = Dispatcher(self)
         self.leases = Leases()
         self.ttl_timers: dict[str, asyncio.TimerHandle] = {}
+        self.attempt_timers: dict[str, asyncio.TimerHandle] = {}
         #: records of one queue with the same overrides share one (immutable) spec
         self.specs: dict[tuple[str, str, str], TaskSpec] = {}
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -190,10 +191,11 @@ class Registry:
         # staged with every change, so a batch never holds a side effect of a status change
         # (say, the deletion of a final task's arguments) without the status itself
         self._dirty(rec)
-        if old is PENDING:  # a started or final task cannot expire: drop its timer now
-            timer = self.ttl_timers.pop(rec.id, None)
-            if timer is not None:
-                timer.cancel()
+        # a started or final task cannot expire, and an attempt that ended cannot time out:
+        # drop their timers now (an hour's worth of timers would otherwise pile up)
+        timers = self.ttl_timers if old is PENDING else self.attempt_timers
+        if old in (PENDING, RUNNING) and (timer := timers.pop(rec.id, None)) is not None:
+            timer.cancel()
         for fut in self.watchers.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
@@ -237,7 +239,8 @@ class Registry:
         if rec.spec.timeout > 0:
             # the worker reports a start START_REPORT_DELAY after it happened
             delay = max(0.0, rec.spec.timeout - START_REPORT_DELAY)
-            asyncio.get_running_loop().call_later(delay, self._on_timeout, rec.id, rec.run)
+            loop = asyncio.get_running_loop()
+            self.attempt_timers[rec.id] = loop.call_later(delay, self._on_timeout, rec.id, rec.run)
 
     # ---- submitting attempts ----------------------------------------------------------
 

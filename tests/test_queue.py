@@ -311,3 +311,24 @@ def test_tiny_tasks_share_ray_tasks_and_each_keeps_its_own_record(unique_name: s
         # a member that never started when its pack was stopped runs again, unpenalised
         assert info["attempts"] == attempt == 1
     assert sum(h[0] == "COMPLETE" for t in tasks for h in call("history", t.id)) == 299
+
+
+def test_finished_tasks_leave_no_timers_behind(unique_name: str) -> None:
+    import ray
+
+    from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
+
+    @task_queue(name=unique_name, cpu=0.25, timeout=600, ttl=600)
+    def quick(i: int) -> int:
+        return i
+
+    tasks = quick.map(list(range(30)))
+    raybeam.wait(tasks, timeout=60)
+    registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+    ids = {t.id for t in tasks}
+    left = ray.get(
+        registry.__ray_call__.remote(
+            lambda self: [i for i in ids if i in self.attempt_timers or i in self.ttl_timers]
+        )
+    )
+    assert left == []
