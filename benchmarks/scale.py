@@ -128,33 +128,18 @@ def run(ctx: Context) -> None:
             met=0.8 <= ratio <= 1.2,
         )
     )
-    ctx.add(
-        Row(
-            **common,
-            metric=f"put p99 at {high}",
-            unit="ms",
-            value=last["put_p99"],
-            baseline_name=f"put p99 at {low}",
-            baseline=first["put_p99"],
+    for name, key, unit in (
+        ("put p99", "put_p99", "ms"),
+        ("status p50", "status_p50", "ms"),
+        ("registry RSS", "rss_mib", "MiB"),
+    ):
+        ctx.add(
+            Row(
+                **common,
+                metric=f"{name} at {high}",
+                unit=unit,
+                value=last[key],
+                baseline_name=f"{name} at {low}",
+                baseline=first[key],
+            )
         )
-    )
-    ctx.add(
-        Row(
-            **common,
-            metric=f"status p50 at {high}",
-            unit="ms",
-            value=last["status_p50"],
-            baseline_name=f"status p50 at {low}",
-            baseline=first["status_p50"],
-        )
-    )
-    ctx.add(
-        Row(
-            **common,
-            metric=f"registry RSS at {high}",
-            unit="MiB",
-            value=last["rss_mib"],
-            baseline_name=f"registry RSS at {low}",
-            baseline=first["rss_mib"],
-        )
-    )

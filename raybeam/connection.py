@@ -1,4 +1,5 @@
-"""Joining Ray and finding (or creating) the registry actor."""
+"""Reaching the registry: joining Ray, finding (or creating) the registry actor, calls that
+survive its restarts, and `.put()` loops sent without a round trip per put (`Pipeline`)."""
 
 from __future__ import annotations
 
@@ -147,7 +148,7 @@ SEND_DELAY = 0.002
 MAX_UNANSWERED = 1024
 
 
-class _Putting:
+class _LocalLease:
     """One queue's lease, as this process sees it."""
 
     def __init__(self) -> None:
@@ -175,7 +176,7 @@ class Pipeline:
         self.lock = threading.RLock()
         self.ready = threading.Condition(self.lock)
         self.client = uuid.uuid4().hex
-        self.queues: dict[str, _Putting] = {}
+        self.queues: dict[str, _LocalLease] = {}
         #: puts waiting to be sent, by queue, and when the oldest of them was made
         self.buffer: dict[str, list[dict[str, Any]]] = {}
         self.oldest = 0.0
@@ -187,7 +188,7 @@ class Pipeline:
         ids = [item["id"] for item in items]
         with self.lock:
             session = _session()
-            put = self.queues.setdefault(queue, _Putting())
+            put = self.queues.setdefault(queue, _LocalLease())
             now = time.monotonic()
             recent, put.last_put = now - put.last_put < LEASE_SECONDS / 2, now
             if put.session == session and put.slots >= len(items) and now < put.usable_until:
@@ -202,12 +203,7 @@ class Pipeline:
             handle = registry()
             submitted = handle.submit.remote(queue, items, self.client)
             leased = handle.lease.remote(queue, self.client, put.want) if put.want else None
-            try:
-                ray.get(submitted)
-            except ray.exceptions.RayTaskError as exc:
-                raise _unwrap(exc) from None
-            except _GONE:
-                call("submit", queue, items)
+            if not self._stored(submitted, queue, items):
                 return ids
             if leased is not None:
                 try:
@@ -287,12 +283,7 @@ class Pipeline:
         failed: list[Exception] = []
         for ref, queue, items in answered:
             try:
-                try:
-                    ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    raise _unwrap(exc) from None
-                except _GONE:
-                    call("submit", queue, items)  # idempotent: stored ids are skipped
+                self._stored(ref, queue, items)
             except Exception as exc:
                 exc.add_note(
                     "raised for tasks put earlier, without waiting: "
@@ -301,6 +292,19 @@ class Pipeline:
                 failed.append(exc)
         if failed:
             raise failed[0]
+
+    @staticmethod
+    def _stored(ref: Any, queue: str, items: list[dict[str, Any]]) -> bool:
+        """Wait for the answer to a `submit` sent here; one that the registry lost on its way
+        goes again through `call` (stored ids are skipped). False when it had to go again."""
+        try:
+            ray.get(ref)
+            return True
+        except ray.exceptions.RayTaskError as exc:
+            raise _unwrap(exc) from None
+        except _GONE:
+            call("submit", queue, items)
+            return False
 
     def _collect_at_exit(self) -> None:
         if not ray.is_initialized():

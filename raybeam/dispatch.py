@@ -144,7 +144,7 @@ class Dispatcher:
             asyncio.get_running_loop().call_later(SEND_AFTER, self._flush)
 
     def _flush(self) -> None:
-        """Submit what `_submit` queued in this turn of the loop: one Ray task each, or, for
+        """Submit what `submit` queued in the last SEND_AFTER: one Ray task each, or, for
         queues of tiny tasks with a backlog, a few per Ray task (packing amortises Ray's own
         per-task cost, which dominates when a task takes a millisecond)."""
         self.outbox_flush = False

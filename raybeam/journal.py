@@ -148,23 +148,13 @@ class Journal:
         self.close()
         return self.seq
 
-    def snapshot(self, entries: list[Entry], seq: int) -> None:
-        """Store `entries` as the whole state as of segment `seq` (see `write_snapshot`)."""
-        self.close()
-        self.write_snapshot([json.dumps(entries, separators=(",", ":"))[1:-1]], seq)
-
     def write_snapshot(self, parts: list[str], seq: int) -> None:
         """Store the state as of segment `seq`, then drop the segments and snapshots it
         replaces. `parts` are comma-separated JSON entries; together they are the state.
         Batches written meanwhile must go to segments after `seq` (see `seal`).
         """
-        path = self._p("snapshot", f"{seq:016d}.json")
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(tmp, "w") as f:
-            f.write("[")
-            f.write(",".join(part for part in parts if part))
-            f.write("]")
-        self.fs.mv(tmp, path)
+        text = "[" + ",".join(part for part in parts if part) + "]"
+        self._write_atomic(self._p("snapshot", f"{seq:016d}.json"), text)
         for old, path in self._seq_files("journal", ".jsonl"):
             if old <= seq:
                 self.fs.rm(path)

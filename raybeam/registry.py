@@ -236,11 +236,6 @@ class Registry:
         self._set_status(rec, RUNNING)
         if at is not None and rec.attempts == 1:
             rec.started_at = min(at, rec.started_at or at)
-        if rec.spec.timeout > 0:
-            # the worker reports a start START_REPORT_DELAY after it happened
-            delay = max(0.0, rec.spec.timeout - START_REPORT_DELAY)
-            loop = asyncio.get_running_loop()
-            self.attempt_timers[rec.id] = loop.call_later(delay, self._on_timeout, rec.id, rec.run)
 
     # ---- submitting attempts ----------------------------------------------------------
 
@@ -409,6 +404,11 @@ class Registry:
         if rec is None or rec.run != run or rec.status not in (PENDING, RETRY):
             return
         self._start(rec, container_id)
+        if rec.spec.timeout > 0:  # only a running attempt times out: timed from its report
+            # the worker reports a start START_REPORT_DELAY after it happened
+            delay = max(0.0, rec.spec.timeout - START_REPORT_DELAY)
+            loop = asyncio.get_running_loop()
+            self.attempt_timers[rec.id] = loop.call_later(delay, self._on_timeout, rec.id, run)
         # Stored with the next batch; nobody waits on this, and a registry that dies before
         # storing it finds the task unstarted and runs it again.
         self._dirty(rec)

@@ -36,8 +36,11 @@ class RayRegistry:
         self.queues: dict[str, tuple[float, dict[str, Any]]] = {}
         #: submits that arrived while one was on its way, sent together next
         self.waiting: list[tuple[str, list[dict[str, Any]], asyncio.Future[list[str]]]] = []
-        self.sending = False
         self.sender: asyncio.Task[None] | None = None
+
+    @property
+    def sending(self) -> bool:
+        return self.sender is not None and not self.sender.done()
 
     async def call(self, method: str, *args: Any) -> Any:
         if method == "queue_info":
@@ -65,33 +68,29 @@ class RayRegistry:
         answer: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
         self.waiting.append((queue, items, answer))
         if not self.sending:
-            self.sending = True
             self.sender = asyncio.create_task(self._send())
         return await answer
 
     async def _send(self) -> None:
-        try:
-            while self.waiting:
-                batch, self.waiting = self.waiting, []
-                try:
-                    if len(batch) == 1:
-                        queue, items, answer = batch[0]
-                        ids = await self._acall("submit", queue, items)
-                        if not answer.done():  # done: the client went away meanwhile
-                            answer.set_result(ids)
-                        continue
-                    answers = await self._acall("submit_each", [(q, i) for q, i, _ in batch])
-                except Exception as exc:
-                    for _, _, answer in batch:
-                        if not answer.done():
-                            answer.set_exception(exc)
+        while self.waiting:
+            batch, self.waiting = self.waiting, []
+            try:
+                if len(batch) == 1:
+                    queue, items, answer = batch[0]
+                    ids = await self._acall("submit", queue, items)
+                    if not answer.done():  # done: the client went away meanwhile
+                        answer.set_result(ids)
                     continue
-                for (_, _, answer), result in zip(batch, answers, strict=True):
-                    if answer.done():
-                        continue
-                    if isinstance(result, Exception):
-                        answer.set_exception(result)
-                    else:
-                        answer.set_result(result)
-        finally:
-            self.sending = False
+                answers = await self._acall("submit_each", [(q, i) for q, i, _ in batch])
+            except Exception as exc:
+                for _, _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(exc)
+                continue
+            for (_, _, answer), result in zip(batch, answers, strict=True):
+                if answer.done():
+                    continue
+                if isinstance(result, Exception):
+                    answer.set_exception(result)
+                else:
+                    answer.set_result(result)

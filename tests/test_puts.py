@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -19,6 +16,7 @@ from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.connection import MAX_LEASE, call, pipeline
 from raybeam.enqueue import enqueue
 from raybeam.leases import LEASE_SECONDS
+from tests.support.drivers import run_driver
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(120)]
 
@@ -136,17 +134,8 @@ def test_a_driver_that_exits_right_after_a_put_loop_loses_nothing(
             """
         )
     )
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
-    out = subprocess.run(
-        [sys.executable, "driver.py"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    ids = [line.split()[-1] for line in out.stdout.splitlines() if line.startswith("Enqueued task")]
+    out = run_driver(tmp_path, ray_cluster.address)
+    ids = [line.split()[-1] for line in out.splitlines() if line.startswith("Enqueued task")]
     assert len(ids) == 200
     tasks = [raybeam.get_task(i) for i in ids]
     raybeam.wait(tasks, timeout=60)
@@ -158,7 +147,7 @@ def test_a_new_ray_session_starts_without_a_lease(unique_name: str) -> None:
     def one() -> int:
         return 1
 
-    lease = pipeline.queues.setdefault(unique_name, connection._Putting())
+    lease = pipeline.queues.setdefault(unique_name, connection._LocalLease())
     lease.slots, lease.usable_until, lease.session = 50, time.monotonic() + 60, "old session"
     assert one.put().result(timeout=60) == 1
     assert lease.session == connection._session()

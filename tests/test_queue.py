@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from raybeam import (
     task_queue,
 )
 from raybeam.connection import call
+from tests.support.drivers import run_driver
 
 pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster"), pytest.mark.timeout(90)]
 
@@ -276,17 +275,8 @@ def test_a_driver_that_exits_at_once_loses_nothing(
         )
     )
     (project / "driver.py").write_text("from mypkg.jobs import work\nprint('ID', work.put(5).id)\n")
-    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address)
-    out = subprocess.run(
-        [sys.executable, "driver.py"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    task_id = next(line.split()[1] for line in out.stdout.splitlines() if line.startswith("ID"))
+    out = run_driver(project, ray_cluster.address)
+    task_id = next(line.split()[1] for line in out.splitlines() if line.startswith("ID"))
     assert raybeam.get_task(task_id).result(timeout=60) == 15
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ def test_snapshot_replaces_the_journal_it_covers(tmp_path: Path) -> None:
     j = journal(tmp_path)
     for i in range(5):
         j.append([{"t": "task", "k": str(i), "d": {"i": i}}])
-    j.snapshot([{"t": "task", "k": "0", "d": {"i": 0}}], j.seq)
+    j.write_snapshot(['{"t": "task", "k": "0", "d": {"i": 0}}'], j.seal())
     j.append([{"t": "task", "k": "9", "d": {"i": 9}}])
     assert len(list((tmp_path / "registry" / "journal").iterdir())) == 1
     j2 = journal(tmp_path)
@@ -89,9 +90,21 @@ def test_object_stores_get_a_file_per_batch() -> None:
     assert state == {("task", "a"): 1, ("task", "b"): 2}
 
 
-def test_group_commit_batches_changes_and_compacts(tmp_path: Path) -> None:
-    import asyncio
+async def finish(commits: Any, runner: Any) -> None:
+    """Let a snapshot under way end, then stop the writer."""
+    while commits.compacting is not None:
+        await asyncio.sleep(0.01)
+    runner.cancel()
 
+
+def assert_loads(tmp_path: Path, live: dict[str, int]) -> None:
+    """The stored state loads as exactly `live`, with nothing skipped."""
+    state, problems = journal(tmp_path).load()
+    assert state == {("task", k): v for k, v in live.items()}
+    assert problems == []
+
+
+def test_group_commit_batches_changes_and_compacts(tmp_path: Path) -> None:
     from raybeam.journal import GroupCommit
 
     j = journal(tmp_path)
@@ -112,21 +125,15 @@ def test_group_commit_batches_changes_and_compacts(tmp_path: Path) -> None:
             if i % 20 == 0:
                 await commits.commit()
         await commits.commit()
-        while commits.compacting is not None:
-            await asyncio.sleep(0.01)
-        runner.cancel()
+        await finish(commits, runner)
 
     asyncio.run(scenario())
     j.close()
     assert list((tmp_path / "registry" / "snapshot").iterdir())
-    state, problems = journal(tmp_path).load()
-    assert state == {("task", k): v for k, v in live.items()}
-    assert problems == []
+    assert_loads(tmp_path, live)
 
 
 def test_batches_go_on_while_a_snapshot_is_made(tmp_path: Path, monkeypatch: Any) -> None:
-    import asyncio
-
     from raybeam import journal as journal_module
     from raybeam.journal import GroupCommit
 
@@ -154,13 +161,9 @@ def test_batches_go_on_while_a_snapshot_is_made(tmp_path: Path, monkeypatch: Any
         del live["5"]
         commits.stage("task", "5", None)
         await commits.commit()
-        while commits.compacting is not None:
-            await asyncio.sleep(0.01)
-        runner.cancel()
+        await finish(commits, runner)
 
     asyncio.run(scenario())
     j.close()
     assert len(list((tmp_path / "registry" / "snapshot").iterdir())) == 1
-    state, problems = journal(tmp_path).load()
-    assert state == {("task", k): v for k, v in live.items()}
-    assert problems == []
+    assert_loads(tmp_path, live)
