@@ -34,7 +34,7 @@ def main() -> None:
         print(f"{t.id}  {t.status().value:<8}  {t.result()}")
 
     output = task.outputs()[0]
-    print(f"output {output['name']}: {output['url']} (expires in {output['expires_in']} s)")
+    print(f"output {output.name}: {output.url} (expires in {output.expires_in} s)")
 
     try:
         from serve_app.deployment import deploy
@@ -52,7 +52,7 @@ def main() -> None:
     print("enqueued over HTTP:", task_id)
     http_task = raybeam.get_task(task_id)
     print("result:", http_task.result(timeout=120))
-    link = http_task.outputs()[0]["url"]
+    link = http_task.outputs()[0].url
     with urllib.request.urlopen(link, timeout=30) as response:
         print(f"downloaded {link.split('?')[0]}: {response.read().decode().strip()!r}")
 

@@ -26,7 +26,7 @@ from raybeam.errors import (
     TaskTimeout,
 )
 from raybeam.image import Image
-from raybeam.outputs import Output
+from raybeam.outputs import Output, OutputFile
 from raybeam.queue import TaskQueue, task_queue
 from raybeam.record import TaskStatus
 from raybeam.task import Task, get_task, list_tasks, wait
@@ -40,6 +40,7 @@ __all__ = [
     "Image",
     "TaskContext",
     "Output",
+    "OutputFile",
     # reading tasks
     "Task",
     "TaskStatus",

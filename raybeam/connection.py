@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -15,8 +16,10 @@ from typing import Any
 import ray
 
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, settings
+from raybeam.context import at_attempt_end
 from raybeam.errors import RaybeamError
 from raybeam.leases import LEASE_SECONDS
+from raybeam.registry import create_registry
 
 log = logging.getLogger("raybeam")
 _lock = threading.Lock()
@@ -50,18 +53,6 @@ def _session() -> str:
     return f"{ctx.get_job_id()}@{ctx.gcs_address}"
 
 
-def _create_registry() -> Any:
-    from raybeam.registry import Registry
-
-    s = settings()
-    return Registry.options(  # type: ignore[attr-defined]
-        name=REGISTRY_NAME,
-        namespace=REGISTRY_NAMESPACE,
-        lifetime="detached",
-        get_if_exists=True,
-    ).remote(s.storage_url, s.signing_key, s.base_url, s.output_url_expires, s.retention_seconds)
-
-
 def registry() -> Any:
     """The registry actor's handle; created (or created again) with the settings in force."""
     global _handle, _handle_session
@@ -72,7 +63,7 @@ def registry() -> Any:
             try:
                 _handle = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
             except ValueError:
-                _handle = _create_registry()
+                _handle = create_registry(settings())
             _handle_session = session
         return _handle
 
@@ -285,9 +276,10 @@ class Pipeline:
             try:
                 self._stored(ref, queue, items)
             except Exception as exc:
-                exc.add_note(
+                _note(
+                    exc,
                     "raised for tasks put earlier, without waiting: "
-                    + ", ".join(item["id"] for item in items)
+                    + ", ".join(item["id"] for item in items),
                 )
                 failed.append(exc)
         if failed:
@@ -315,4 +307,14 @@ class Pipeline:
             log.exception("tasks put before exit were not stored")
 
 
+def _note(exc: Exception, note: str) -> None:
+    """`exc.add_note(note)`, which Python 3.10 lacks: there the note joins the message."""
+    if sys.version_info >= (3, 11):
+        exc.add_note(note)
+    elif exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]}\n{note}", *exc.args[1:])
+
+
 pipeline = Pipeline()
+# puts a handler made are stored before its attempt ends (a max_calls worker exits right after)
+at_attempt_end(pipeline.collect)

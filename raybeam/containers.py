@@ -2,14 +2,15 @@
 
 A queue with `on_start` or `keep_warm_seconds > 0` runs its tasks on containers: Ray actors
 that hold the queue's resources, run `on_start` once, and then run up to `workers` tasks at a
-time. The registry keeps one `ContainerPool` per such queue: it starts containers as the
+time. The dispatcher keeps one `ContainerPool` per queue definition (a queue registered anew
+gets a new pool; the old one finishes its tasks and stops): it starts containers as the
 queue's depth asks for them, hands them tasks, replaces one whose task timed out or was
-cancelled, and stops idle ones after `keep_warm_seconds`.
+cancelled, and stops idle ones after `keep_warm_seconds`. `ResourceDemand` sends the
+autoscaler one request for all pools together.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import dataclasses
 import logging
@@ -17,15 +18,21 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import ray
 
 from raybeam.errors import InvalidConfiguration
-from raybeam.runner import Attempt, execute, load_bundle
+from raybeam.runner import execute, load_bundle
+from raybeam.wire import Attempt, Outcome
 
 if TYPE_CHECKING:
+    from raybeam.host import Host
     from raybeam.record import TaskRecord
+
+#: how a pool has an attempt watched: (task_id, run, ref, done callback)
+Watch = Callable[[str, str, Any, Callable[[BaseException | None], None]], Coroutine[Any, Any, None]]
 
 log = logging.getLogger("raybeam.containers")
 
@@ -88,7 +95,7 @@ class Container:
     def ready(self) -> str:
         return str(self.id)
 
-    def run(self, *fields: Any) -> dict[str, Any]:
+    def run(self, *fields: Any) -> Outcome:
         if self.workers > 1:
             _private_cwd()
         return execute(self.bundle, Attempt(*fields), str(self.id), self.on_start_value)
@@ -113,43 +120,98 @@ class Waiting:
     options: dict[str, Any]
 
 
-class ContainerPool:
-    """The containers of one warm queue, as the registry sees them."""
+def _request_resources(bundles: list[dict[str, float]]) -> None:
+    from ray.autoscaler.sdk import request_resources
 
-    def __init__(self, registry: Any, queue: str, warm: dict[str, Any]) -> None:
-        self.registry = registry
+    request_resources(bundles=bundles)
+
+
+class ResourceDemand:
+    """One autoscaler request for what every warm pool wants, sent again when it changes,
+    lower as well as higher (Ray keeps only the latest request: several pools asking on
+    their own would overwrite each other, and a request never lowered keeps every node)."""
+
+    def __init__(
+        self, request: Callable[[list[dict[str, float]]], None] = _request_resources
+    ) -> None:
+        self.request = request
+        self.sent: list[dict[str, float]] | None = None
+
+    def due(self, bundles: list[dict[str, float]]) -> list[dict[str, float]] | None:
+        """The request to send for this total demand, or None when it is the one sent."""
+        if bundles == (self.sent if self.sent is not None else []):
+            return None
+        self.sent = bundles
+        return bundles
+
+    def send(self, bundles: list[dict[str, float]]) -> None:
+        try:
+            self.request(bundles)
+        except Exception:
+            log.debug("no autoscaler took the resource request", exc_info=True)
+
+
+class ContainerPool:
+    """The containers of one warm queue definition, as the registry sees them."""
+
+    def __init__(self, host: Host, queue: str, warm: dict[str, Any], watch: Watch) -> None:
+        self.host = host
         self.queue = queue
+        self.watch = watch
         self.keep_warm = float(warm["keep_warm_seconds"])
         self.workers = int(warm["workers"])
         self.scaler = QueueDepthAutoscaler(**warm["autoscaler"])
         self.slots: dict[str, Slot] = {}
         self.waiting: deque[Waiting] = deque()
-        self.requested = 0
+        self.bundle: dict[str, float] | None = None
+        #: a pool of an older definition of the queue: it serves what it has, then stops
+        self.retired = False
 
     @property
     def size(self) -> int:
         return len(self.slots)
 
+    @property
+    def idle(self) -> bool:
+        return not self.slots and not self.waiting
+
+    def retire(self) -> None:
+        self.retired = True
+
     def enqueue(self, attempt: Attempt, digest: str, blob: Any, options: dict[str, Any]) -> None:
+        if self.bundle is None:
+            self.bundle = {"CPU": float(options.get("num_cpus", 1))}
+            if options.get("num_gpus"):
+                self.bundle["GPU"] = float(options["num_gpus"])
         self.waiting.append(Waiting(attempt, digest, blob, options))
         self.pump()
 
     def _current(self, attempt: Attempt) -> TaskRecord | None:
-        rec: TaskRecord | None = self.registry.tasks.get(attempt.task_id)
+        rec = self.host.task(attempt.task_id)
         if rec is None or not rec.is_live(attempt.run):
             return None
         return rec
+
+    def wanted(self) -> int:
+        """Containers this pool should have now."""
+        if self.retired:  # never grows, but serves what waits
+            return max(self.size, 1 if self.waiting else 0)
+        return self.scaler.wanted(self.host.depth(self.queue))
+
+    def demand(self) -> list[dict[str, float]]:
+        """The resource bundles this pool asks the autoscaler for."""
+        if self.bundle is None:
+            return []
+        return [dict(self.bundle)] * self.wanted()
 
     def pump(self) -> None:
         """Scale to the queue's depth, then hand waiting tasks to containers with room."""
         while self.waiting and self._current(self.waiting[0].attempt) is None:
             self.waiting.popleft()
-        wanted = self.scaler.wanted(self.registry.depth[self.queue])
+        wanted = self.wanted()
         template = self.waiting[0] if self.waiting else None
         while template is not None and self.size < wanted:
             self._start(template)
-        if wanted > self.requested:
-            self._request_resources(wanted, template)
         for slot in sorted(self.slots.values(), key=lambda s: len(s.active)):
             while self.waiting and len(slot.active) < self.workers:
                 item = self.waiting.popleft()
@@ -163,28 +225,9 @@ class ContainerPool:
         slot = Slot(handle=handle, id=handle._actor_id.hex())
         self.slots[slot.id] = slot
 
-    def _request_resources(self, wanted: int, template: Waiting | None) -> None:
-        if template is None:
-            return
-        self.requested = wanted
-        bundle = {"CPU": float(template.options.get("num_cpus", 1))}
-        if template.options.get("num_gpus"):
-            bundle["GPU"] = float(template.options["num_gpus"])
-
-        def ask() -> None:
-            try:
-                from ray.autoscaler.sdk import request_resources
-
-                request_resources(bundles=[bundle] * wanted)
-            except Exception:
-                log.debug("no autoscaler took the resource request", exc_info=True)
-
-        self.registry._spawn(asyncio.to_thread(ask))
-
     def _dispatch(self, slot: Slot, attempt: Attempt) -> None:
         slot.active.add(attempt.task_id)
         ref = slot.handle.run.remote(*attempt.fields())
-        self.registry.dispatch.refs[attempt.task_id] = ref
 
         def done(error: BaseException | None) -> None:
             slot.active.discard(attempt.task_id)
@@ -193,7 +236,7 @@ class ContainerPool:
                 self.slots.pop(slot.id, None)
             self.pump()
 
-        self.registry._spawn(self.registry.dispatch.watch(attempt.task_id, attempt.run, ref, done))
+        self.host.spawn(self.watch(attempt.task_id, attempt.run, ref, done))
 
     def stop_task(self, task_id: str) -> None:
         """Stop a task wherever it is: off the waiting line, or by replacing its container."""
@@ -211,12 +254,12 @@ class ContainerPool:
             log.warning("could not stop container %s", slot.id, exc_info=True)
 
     def reap(self) -> None:
-        """Stop containers idle for `keep_warm_seconds`, down to `min_containers`."""
+        """Stop containers idle for `keep_warm_seconds`, down to `min_containers` (none for
+        a retired pool)."""
         now = time.monotonic()
+        floor = 0 if self.retired else self.scaler.min_containers
         for slot in sorted(self.slots.values(), key=lambda s: s.idle_since):
-            if self.size <= self.scaler.min_containers:
+            if self.size <= floor:
                 break
             if not slot.active and not self.waiting and now - slot.idle_since >= self.keep_warm:
                 self._stop(slot)
-        if not self.slots:
-            self.requested = 0

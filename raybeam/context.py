@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from raybeam.errors import OutsideTask
@@ -48,3 +49,19 @@ def set_context(ctx: TaskContext | None) -> contextvars.Token[TaskContext | None
 
 def reset_context(token: contextvars.Token[TaskContext | None]) -> None:
     _current.reset(token)
+
+
+#: run at the end of every attempt in this process, before its outcome is returned (the
+#: client's put pipeline registers here, so puts a handler made are stored before a
+#: `max_calls` worker exits); the worker side needs no import of the client for it
+_attempt_end: list[Callable[[], None]] = []
+
+
+def at_attempt_end(fn: Callable[[], None]) -> None:
+    if fn not in _attempt_end:
+        _attempt_end.append(fn)
+
+
+def attempt_ended() -> None:
+    for fn in list(_attempt_end):
+        fn()

@@ -1,9 +1,9 @@
 """Dispatch: how the registry turns attempts into work on Ray.
 
-A plain queue's attempt becomes a Ray task (several tiny ones may share one); a warm queue's
-goes to its `ContainerPool`. The dispatcher owns the Ray references, hands every outcome back
-to the registry (`Registry._settle`), and stops the Ray work of a task that timed out or was
-cancelled.
+A plain queue's attempt becomes a Ray task (several tiny ones may share one, a "pack"); a
+warm queue's goes to its `ContainerPool`. The dispatcher owns the Ray references, hands
+every outcome back to the registry (`Host.settle`), and stops the Ray work of a task that
+timed out or was cancelled.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ from typing import Any
 
 import ray
 
-from raybeam.containers import ContainerPool
+from raybeam.containers import ContainerPool, ResourceDemand
+from raybeam.host import Host
 from raybeam.record import TaskRecord, TaskStatus
 from raybeam.resources import pick_gpu_type
-from raybeam.runner import Attempt, remote_attempt
+from raybeam.runner import remote_attempt
+from raybeam.wire import Attempt, Outcome, failed
 
 log = logging.getLogger("raybeam.dispatch")
 PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
@@ -39,10 +41,13 @@ SEND_AFTER = 0.001
 #: pickled functions up to this size travel inline with each task
 INLINE_BLOB = 64 * 1024
 
+Key = tuple[str, int | None, str]
+Item = tuple[TaskRecord, Any, Attempt, dict[str, Any]]
 
-def _failure(exc: BaseException) -> dict[str, Any]:
+
+def system_failure(exc: BaseException) -> Outcome:
     reason, retryable = classify_failure(exc)
-    return {"ok": False, "retryable": retryable, "error": reason, "outputs": []}
+    return failed(reason, retryable)
 
 
 def classify_failure(exc: BaseException) -> tuple[str, bool]:
@@ -65,24 +70,49 @@ def classify_failure(exc: BaseException) -> tuple[str, bool]:
     return f"{type(exc).__name__}: {exc}", True
 
 
+def pack_size(
+    duration: float | None, backlog: int, cluster_cpus: float, options: dict[str, Any]
+) -> int:
+    """How many tasks share one Ray task: 1 unless the queue's tasks are known to be tiny
+    (packing amortises Ray's own per-task cost, which dominates when a task takes a
+    millisecond). A pack runs for about PACK_BELOW seconds, and a backlog is spread over at
+    least as many packs as the cluster runs such tasks at once; GPU tasks never pack."""
+    if duration is None or duration > PACK_BELOW or options.get("num_gpus"):
+        return 1
+    at_once = cluster_cpus / max(options.get("num_cpus", 1), 0.01)
+    return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), int(backlog / at_once)))
+
+
 class Dispatcher:
-    def __init__(self, registry: Any) -> None:
-        self.registry = registry
-        self.refs: dict[str, ray.ObjectRef[Any]] = {}
-        self.pools: dict[str, ContainerPool] = {}
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.refs: dict[str, Any] = {}
+        #: ids whose current submission is a member of a pack
+        self.packed: set[str] = set()
+        #: warm pools by queue and definition; a queue registered anew gets a new pool
+        self.pools: dict[tuple[str, str], ContainerPool] = {}
+        self.current: dict[str, tuple[str, str]] = {}
+        self.demand = ResourceDemand()
         self.remotes: dict[tuple[str, int | None, str, bool], Any] = {}
-        self.outbox: dict[tuple[str, int | None, str], list[tuple[Any, ...]]] = {}
+        self.outbox: dict[Key, list[Item]] = {}
         self.outbox_flush = False
         #: submissions held back while a probe finds out how long a queue's tasks take
-        self.held: dict[tuple[str, int | None, str], list[tuple[Any, ...]]] = {}
-        self.probed: set[tuple[str, int | None, str]] = set()
+        self.held: dict[Key, list[Item]] = {}
+        self.probed: set[Key] = set()
         #: recent run time of a queue's tasks (moving average), which decides packing
         self.durations: dict[str, float] = {}
         self.blob_refs: dict[str, Any] = {}
-        self.resources: tuple[float, dict[str, float]] = (0.0, {})
+        self.resources: tuple[float, dict[str, float]] = (-10.0, {})
+
+    # ---- the Dispatch protocol ---------------------------------------------------------
 
     def add_function(self, digest: str, blob: bytes) -> None:
+        # small functions travel inline with each task (cheaper than a fetch from the object
+        # store), larger ones by reference
         self.blob_refs.setdefault(digest, blob if len(blob) <= INLINE_BLOB else ray.put(blob))
+
+    def has_function(self, digest: str) -> bool:
+        return digest in self.blob_refs
 
     def observe(self, queue: str, duration: float) -> None:
         seen = self.durations.get(queue, duration)
@@ -90,34 +120,22 @@ class Dispatcher:
         for key in [k for k in self.held if k[0] == queue]:  # the probe has told
             self._release(key)
 
-    def _cluster_resources(self) -> dict[str, float]:
-        at, res = self.resources
-        if time.monotonic() - at > 5:
-            res = ray.cluster_resources()  # type: ignore[no-untyped-call]
-            self.resources = (time.monotonic(), res)
-        return res
+    def containers(self, queue: str) -> int | None:
+        pools = [p for (q, _), p in self.pools.items() if q == queue]
+        return sum(p.size for p in pools) if pools else None
 
-    def _blob_ref(self, digest: str) -> Any:
-        """The pickled function for a submission: small ones travel inline with each task
-        (cheaper than a fetch from the object store), larger ones by reference."""
-        ref = self.blob_refs.get(digest)
-        if ref is None:
-            blob = self.registry.journal.load_blob(f"{digest}.pkl")
-            if blob is None:
-                return None
-            ref = self.blob_refs[digest] = blob if len(blob) <= INLINE_BLOB else ray.put(blob)
-        return ref
+    def ended(self, rec: TaskRecord) -> None:
+        self.refs.pop(rec.id, None)
+        self.packed.discard(rec.id)
 
     def submit(self, rec: TaskRecord) -> None:
-        blob = self._blob_ref(rec.spec.function)
-        if blob is None:
-            rec.failure_reason = "the queue's function was not found in storage"
-            self.registry._finish(
-                rec, TaskStatus.FAILED if rec.status is not PENDING else TaskStatus.CANCELLED
-            )
+        blob = self.blob_refs.get(rec.spec.function)
+        payload = self.host.payload(rec.id)
+        if blob is None or payload is None:
+            missing = "function" if blob is None else "arguments"
+            self.host.fail(rec, TaskStatus.FAILED, f"the task's {missing} were not found")
             return
-        self.registry.submissions += 1
-        rec.run = f"{self.registry.incarnation}-{self.registry.submissions}"
+        rec.run = self.host.new_run()
         options = dict(rec.spec.ray_options)
         if rec.spec.gpu_types:
             gpu_type = pick_gpu_type(rec.spec.gpu_types, self._cluster_resources())
@@ -128,12 +146,12 @@ class Dispatcher:
             queue=rec.queue,
             run=rec.run,
             attempt=rec.attempts + 1,
-            payload=self.registry.payloads[rec.id],
+            payload=payload,
             callback_url=rec.spec.callback_url,
             timeout=rec.spec.timeout,
-            storage_url=self.registry.storage_url,
+            storage_url=self.host.storage_url,
         )
-        pool = self.pool(rec.queue)
+        pool = self.pool(rec)
         if pool is not None:
             pool.enqueue(attempt, rec.spec.function, blob, options)
             return
@@ -143,10 +161,45 @@ class Dispatcher:
             self.outbox_flush = True
             asyncio.get_running_loop().call_later(SEND_AFTER, self._flush)
 
+    def stop(self, rec: TaskRecord) -> None:
+        ref = self.refs.pop(rec.id, None)
+        for (queue, _), pool in self.pools.items():
+            if queue == rec.queue:
+                pool.stop_task(rec.id)
+        if ref is not None and rec.id in self.packed and rec.status is not RUNNING:
+            return  # a pack member not started: the pack skips it, its mates run on
+        if ref is not None:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception:
+                log.warning("could not cancel the Ray task of %s", rec.id, exc_info=True)
+
+    async def upkeep(self) -> None:
+        while True:
+            await asyncio.sleep(0.25)
+            for key, pool in list(self.pools.items()):
+                try:
+                    pool.reap()
+                    if self.current.get(key[0]) != key and pool.idle:
+                        del self.pools[key]  # a replaced definition's pool, done
+                except Exception:
+                    log.exception("container upkeep failed for queue %s", pool.queue)
+            bundles = self.demand.due([b for p in self.pools.values() for b in p.demand()])
+            if bundles is not None:
+                await asyncio.to_thread(self.demand.send, bundles)
+
+    # ---- plain queues: Ray tasks, alone or packed -------------------------------------
+
+    def _cluster_resources(self) -> dict[str, float]:
+        at, res = self.resources
+        if time.monotonic() - at > 5:
+            res = ray.cluster_resources()  # type: ignore[no-untyped-call]
+            self.resources = (time.monotonic(), res)
+        return res
+
     def _flush(self) -> None:
         """Submit what `submit` queued in the last SEND_AFTER: one Ray task each, or, for
-        queues of tiny tasks with a backlog, a few per Ray task (packing amortises Ray's own
-        per-task cost, which dominates when a task takes a millisecond)."""
+        queues of tiny tasks with a backlog, a pack of them per Ray task."""
         self.outbox_flush = False
         outbox, self.outbox = self.outbox, {}
         for key, items in outbox.items():
@@ -163,36 +216,32 @@ class Dispatcher:
                 continue
             # tasks of the queue not started yet, those sent in earlier turns included: puts
             # arrive a few per turn, and still form a backlog when workers fall behind
-            waiting = self.registry.depth[queue] - self.registry.running[queue]
-            size = self._pack_size(queue, max(len(items), waiting), items[0][3])
+            backlog = max(len(items), self.host.waiting(queue))
+            cpus = self._cluster_resources().get("CPU", 1.0)
+            size = pack_size(self.durations.get(queue), backlog, cpus, items[0][3])
             for start in range(0, len(items), size):
-                chunk = items[start : start + size]
-                rec, blob, attempt, options = chunk[0]
-                fn = self._remote_fn(rec, options, packed=len(chunk) > 1)
-                if len(chunk) == 1:
-                    ref = fn.remote(rec.spec.function, blob, *attempt.fields())
-                    self.refs[rec.id] = ref
-                    self.registry._spawn(self.watch(rec.id, rec.run, ref))
-                    continue
-                ref = fn.remote(rec.spec.function, blob, [a.fields() for _, _, a, _ in chunk])
-                for member, _, _, _ in chunk:
-                    self.refs[member.id] = ref
-                self.registry._spawn(self._watch_pack([(m.id, m.run) for m, _, _, _ in chunk], ref))
+                self._send(items[start : start + size])
 
-    def _release(self, key: tuple[str, int | None, str]) -> None:
+    def _send(self, chunk: list[Item]) -> None:
+        rec, blob, attempt, options = chunk[0]
+        fn = self._remote_fn(rec, options, packed=len(chunk) > 1)
+        if len(chunk) == 1:
+            ref = fn.remote(rec.spec.function, blob, *attempt.fields())
+            self.refs[rec.id] = ref
+            self.packed.discard(rec.id)
+            self.host.spawn(self.watch(rec.id, rec.run, ref))
+            return
+        gen = fn.remote(rec.spec.function, blob, [a.fields() for _, _, a, _ in chunk])
+        for member, _, _, _ in chunk:
+            self.refs[member.id] = gen
+            self.packed.add(member.id)
+        self.host.spawn(self._watch_pack([(m.id, m.run) for m, _, _, _ in chunk], gen))
+
+    def _release(self, key: Key) -> None:
         items = [item for item in self.held.pop(key, []) if item[0].is_live(item[2].run)]
         if items:
             self.outbox.setdefault(key, []).extend(items)
             self._flush()
-
-    def _pack_size(self, queue: str, backlog: int, options: dict[str, Any]) -> int:
-        duration = self.durations.get(queue)
-        if duration is None or duration > PACK_BELOW or options.get("num_gpus"):
-            return 1
-        # a pack of tiny tasks runs for about PACK_BELOW seconds, and a backlog is spread
-        # over at least as many packs as the cluster runs such tasks at once
-        at_once = self._cluster_resources().get("CPU", 1.0) / max(options.get("num_cpus", 1), 0.01)
-        return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), int(backlog / at_once)))
 
     def _remote_fn(self, rec: TaskRecord, options: dict[str, Any], packed: bool = False) -> Any:
         """The remote function bound to these options (binding is costly, so it is cached)."""
@@ -205,74 +254,72 @@ class Dispatcher:
             self.remotes[key] = fn
         return fn
 
-    def pool(self, queue: str) -> ContainerPool | None:
-        pool = self.pools.get(queue)
-        if pool is None:
-            warm = self.registry.queues.get(queue, {}).get("warm")
-            if not warm:
-                return None
-            pool = self.pools[queue] = ContainerPool(self.registry, queue, warm)
-        return pool
-
-    async def upkeep(self) -> None:
-        while True:
-            await asyncio.sleep(0.25)
-            for pool in list(self.pools.values()):
-                try:
-                    pool.reap()
-                except Exception:
-                    log.exception("container upkeep failed for queue %s", pool.queue)
-
     async def watch(
         self,
         task_id: str,
         run: str,
-        ref: ray.ObjectRef[Any],
+        ref: Any,
         done: Callable[[BaseException | None], None] | None = None,
     ) -> None:
         error: BaseException | None = None
         try:
-            outcome: dict[str, Any] = await ref
+            outcome: Outcome = await ref
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             error = exc
-            outcome = _failure(exc)
+            outcome = system_failure(exc)
         if done is not None:
             done(error)
-        await self.registry._settle(task_id, run, outcome)
+        await self.host.settle(task_id, run, outcome)
 
-    async def _watch_pack(self, members: list[tuple[str, str]], ref: ray.ObjectRef[Any]) -> None:
+    async def _watch_pack(self, members: list[tuple[str, str]], gen: Any) -> None:
+        """Settle each member of a pack as its outcome streams in. When the pack dies (a
+        crash, or a kill for one member's timeout or cancel), the member that was running
+        (the one after the last outcome) counts an attempt and fails; the ones after it
+        never started and run again, unpenalised."""
+        settled = 0
         try:
-            outcomes: list[dict[str, Any]] = await ref
+            async for ref in gen:
+                outcome: Outcome = await ref
+                task_id, run = members[settled]
+                settled += 1
+                await self.host.settle(task_id, run, outcome)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # The whole pack failed (a crash, or a kill for one member's timeout or cancel):
-            # the member that was running failed; the ones that never started run again.
-            settles = []
-            for task_id, run in members:
-                rec = self.registry.tasks.get(task_id)
-                if rec is None or not rec.is_live(run):
-                    continue
-                if rec.status is RUNNING:
-                    settles.append(self.registry._settle(task_id, run, _failure(exc)))
-                else:
-                    rec.run = ""
-                    self.submit(rec)
-            await asyncio.gather(*settles)
-            return
-        await asyncio.gather(
-            *(self.registry._settle(t, r, o) for (t, r), o in zip(members, outcomes, strict=True))
-        )
+            if settled < len(members):
+                task_id, run = members[settled]
+                await self.host.settle(task_id, run, system_failure(exc))
+            for task_id, run in members[settled + 1 :]:
+                rec = self.host.task(task_id)
+                if rec is not None and rec.is_live(run):
+                    if rec.status is RUNNING:  # it reported a start: it ran, so it counts
+                        await self.host.settle(task_id, run, system_failure(exc))
+                    else:
+                        rec.run = ""
+                        self.submit(rec)
 
-    def stop(self, rec: TaskRecord) -> None:
-        ref = self.refs.pop(rec.id, None)
-        pool = self.pools.get(rec.queue)
-        if pool is not None:
-            pool.stop_task(rec.id)
-        elif ref is not None:
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:
-                log.warning("could not cancel the Ray task of %s", rec.id, exc_info=True)
+    # ---- warm queues ------------------------------------------------------------------
+
+    def pool(self, rec: TaskRecord) -> ContainerPool | None:
+        definition = self.host.definition(rec.queue) or {}
+        warm = definition.get("warm")
+        if not warm:
+            return None
+        shape = [warm, rec.spec.function, rec.spec.ray_options, rec.spec.gpu_types]
+        key = (rec.queue, json.dumps(shape, sort_keys=True))
+        pool = self.pools.get(key)
+        if pool is None:
+            pool = self.pools[key] = ContainerPool(self.host, rec.queue, warm, self.watch)
+        if self.current.get(rec.queue) != key and self._is_latest(rec, definition):
+            old = self.pools.get(self.current.get(rec.queue, ("", "")))
+            if old is not None:
+                old.retire()
+            self.current[rec.queue] = key
+        return pool
+
+    @staticmethod
+    def _is_latest(rec: TaskRecord, definition: dict[str, Any]) -> bool:
+        spec = definition.get("spec", {})
+        return bool(spec.get("function") == rec.spec.function)

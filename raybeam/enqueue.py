@@ -14,7 +14,7 @@ from typing import Any
 from raybeam import connection
 from raybeam.errors import QueueNotFound
 from raybeam.queue import bind_arguments, check_overrides
-from raybeam.runner import encode_payload
+from raybeam.wire import encode_payload
 
 
 def new_item(

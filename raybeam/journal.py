@@ -212,6 +212,10 @@ class GroupCommit:
         # on object stores, where each batch is an object that loading must fetch)
         self.snapshot_min = 20_000 if journal.local else 2_000
         self.staged: dict[tuple[str, str], Any] = {}
+        #: the batch being written: staged, not yet stored
+        self.writing: dict[tuple[str, str], Any] = {}
+        #: a test hook: while True, batches wait before they are written
+        self.held = False
         self.waiters: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
         self.compacting: asyncio.Task[None] | None = None
@@ -220,6 +224,10 @@ class GroupCommit:
         """Note a change (None deletes) for the next batch, without waiting for it."""
         self.staged[(kind, key)] = value
         self.wake.set()
+
+    def pending(self, kind: str, key: str) -> bool:
+        """A change of (kind, key) is staged or being written, not yet stored."""
+        return (kind, key) in self.staged or (kind, key) in self.writing
 
     async def commit(self) -> None:
         """Return once every change staged so far is stored."""
@@ -234,8 +242,10 @@ class GroupCommit:
             self.wake.clear()
             if not self.staged and not self.waiters:
                 continue
+            while self.held:
+                await asyncio.sleep(0.02)
             batch, waiters = self.staged, self.waiters
-            self.staged, self.waiters = {}, []
+            self.staged, self.waiters, self.writing = {}, [], batch
             try:
                 await self._write(batch)
             except Exception as exc:  # a bug, not storage trouble: say so to every waiter
@@ -244,6 +254,8 @@ class GroupCommit:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            finally:
+                self.writing = {}
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)

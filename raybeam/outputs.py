@@ -1,20 +1,24 @@
 """Files a task hands back: `Output`, stored under `outputs/<queue>/<task_id>/<output_id>/<name>`.
 
 Outputs are saved to the storage of the running task (SPEC §1, §5) and recorded on the task
-context; the registry lists them on the task with links signed afresh on every read.
+context; the registry lists them on the task with links signed afresh on every read, and
+`task.outputs()` hands them out as `OutputFile`s.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
 import re
+import stat
 import tempfile
 import uuid
 import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 from raybeam.context import TaskContext, current_context
 from raybeam.errors import InvalidOutputPath, OutsideTask, RaybeamError
@@ -31,8 +35,9 @@ _MAX_NAME_BYTES = 255
 class Output:
     """A file, a folder (stored zipped) or some bytes that a task saves for its caller.
 
-    Valid only inside a running task. Relative paths are read from the task's working
-    directory, a fresh scratch folder per attempt.
+    Valid only inside a running task. `path` is any readable file or folder: absolute
+    (`/tmp/render/out.png`, a mounted volume) or relative to the task's working directory (a
+    fresh scratch folder per attempt) when the Output is made.
 
     >>> @task_queue()
     ... def render(x: int) -> None:
@@ -52,7 +57,7 @@ class Output:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self._context = _task_context("Output(path=...)")
-        resolved = _inside_working_directory(path)
+        resolved = _output_path(path)
         self._path: Path | None = resolved
         self._data: bytes | None = None
         self.name = _path_name(resolved)
@@ -130,24 +135,58 @@ class Output:
     def _upload_path(self, storage: Storage, key: str) -> int:
         assert self._path is not None
         path = self._path
-        if path.is_file():
+        if _readable_kind(path) == "file":
             storage.put_file(path, key)
-            return path.stat().st_size
-        if path.is_dir():
-            fd, archive = tempfile.mkstemp(prefix="raybeam-output-", suffix=".zip")
-            os.close(fd)
-            try:
-                _zip_folder(path, archive)
-                storage.put_file(archive, key)
-                return os.path.getsize(archive)
-            finally:
-                os.unlink(archive)
-        if not path.exists():
-            raise InvalidOutputPath(
-                f"output file {str(path)!r} does not exist; write it before calling .save() "
-                f"(relative paths are read from the task's working directory, {os.getcwd()!r})"
-            )
-        raise InvalidOutputPath(f"output {str(path)!r} is neither a regular file nor a folder")
+            return os.stat(path).st_size
+        fd, archive = tempfile.mkstemp(prefix="raybeam-output-", suffix=".zip")
+        os.close(fd)
+        try:
+            _zip_folder(path, archive)
+            storage.put_file(archive, key)
+            return os.path.getsize(archive)
+        finally:
+            os.unlink(archive)
+
+
+_FIELDS = ("name", "url", "expires_in")
+
+
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
+class OutputFile(Mapping[str, Any]):
+    """A saved output as `task.outputs()` lists it, with a freshly signed download link.
+
+    It also reads as the task record's `{"name", "url", "expires_in"}` dict (`o["url"]`,
+    `o.get("url")`, `dict(o)`), and equals that dict.
+
+    >>> task.outputs()  # doctest: +SKIP
+    [OutputFile(name='sum.txt', url='http://.../output/id/c339...', expires_in=3600)]
+    """
+
+    #: the stored file name
+    name: str
+    #: the download link: presigned on S3, else the HTTP API's `/output/id/...`
+    url: str
+    #: seconds the link stays valid from when it was signed
+    expires_in: int
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _FIELDS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_FIELDS)
+
+    def __len__(self) -> int:
+        return len(_FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return dict(self) == dict(other)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.url, self.expires_in))
 
 
 def _task_context(what: str) -> TaskContext:
@@ -165,29 +204,78 @@ def _storage(ctx: TaskContext) -> Storage:
     return storage_from_settings(ctx.storage_url or None)
 
 
-def _inside_working_directory(path: str | os.PathLike[str]) -> Path:
-    """The path of an output, which must lie inside the task's working directory."""
+def _output_path(path: str | os.PathLike[str]) -> Path:
+    """The absolute path of an output; a relative one is taken from the working directory now."""
     text = os.fspath(path)
     if not isinstance(text, str):
         raise InvalidOutputPath(f"an output path must be a str or os.PathLike[str], got {path!r}")
     if not text.strip():
-        raise InvalidOutputPath("an output path must not be empty")
+        raise InvalidOutputPath(
+            "an output path must not be empty; pass a file such as 'result.txt'"
+        )
     if "\x00" in text:
         raise InvalidOutputPath(f"an output path must not contain NUL bytes: {text!r}")
-    if ".." in Path(text).parts:
+    return Path(os.getcwd(), text)
+
+
+def _readable_kind(path: Path) -> Literal["file", "folder"]:
+    """Whether `path` is a readable regular file or folder (links followed); else a clear error.
+
+    Anything else is refused before it is opened: reading a FIFO would wait for a writer and a
+    device such as /dev/zero would stream forever.
+    """
+    shown = str(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            raise InvalidOutputPath(
+                f"output path {shown!r} is a symbolic link to {os.readlink(path)!r}, which does "
+                "not exist; write the file it points to, or pass the file itself"
+            ) from None
         raise InvalidOutputPath(
-            f"output path {text!r} has a '..' component; pass a path inside the task's "
-            "working directory, such as 'result.txt' or 'out/result.txt'"
-        )
-    cwd = Path.cwd().resolve()
-    resolved = (cwd / text).resolve()
-    if resolved == cwd or not resolved.is_relative_to(cwd):
+            f"output file {shown!r} does not exist; write it before calling .save() (a relative "
+            "path is read from the task's working directory when the Output is made)"
+        ) from None
+    except OSError as err:
+        raise _unreadable(shown, err) from None
+    if stat.S_ISDIR(mode):
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as err:
+            raise _unreadable(shown, err) from None
+        return "folder"
+    if not stat.S_ISREG(mode):
         raise InvalidOutputPath(
-            f"output path {text!r} is outside the task's working directory {str(cwd)!r}; "
-            "write the file inside it (relative paths such as 'result.txt' land there) "
-            "and pass that path"
+            f"output path {shown!r} is {_special_kind(mode)}, not a regular file or a folder; "
+            "write the data to a file and save that, or use Output.from_bytes(name, data)"
         )
-    return cwd / text
+    try:
+        # O_NONBLOCK: should a FIFO replace the file after the check, opening it does not wait
+        os.close(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))
+    except OSError as err:
+        raise _unreadable(shown, err) from None
+    return "file"
+
+
+def _unreadable(shown: str, err: OSError) -> InvalidOutputPath:
+    return InvalidOutputPath(
+        f"output path {shown!r} cannot be read by the task ({err.strerror or err}); make it "
+        "readable by the user the Ray worker runs as, or copy it somewhere that is"
+    )
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
 
 
 def _safe_name(name: str) -> str:
@@ -220,8 +308,15 @@ def _safe_name(name: str) -> str:
 
 
 def _path_name(path: Path) -> str:
-    name = _safe_name(path.name)
-    return _safe_name(f"{name}.zip") if path.is_dir() else name
+    """The stored name: the path's own last part (a link's name, not its target's)."""
+    base = path.name if path.name not in ("", "..") else Path(os.path.realpath(path)).name
+    if not base:
+        raise InvalidOutputPath(
+            f"output path {str(path)!r} has no name to store it under; pass a file or a folder "
+            "below the root, such as '/data/run1'"
+        )
+    name = _safe_name(base)
+    return _safe_name(f"{name}.zip") if os.path.isdir(path) else name
 
 
 def _component(value: str, what: str) -> str:
@@ -233,21 +328,44 @@ def _component(value: str, what: str) -> str:
 def _zip_folder(folder: Path, archive: str) -> None:
     """Zip `folder` into the file `archive`, one member at a time (never whole in memory).
 
-    Symbolic links that lead outside the task's working directory are left out.
+    Links to files are followed. Links to folders are not (a loop would never end), and
+    what is not a regular file (a FIFO, a socket, a device, a broken link) is left out with a
+    warning; a file that cannot be read fails the save rather than leave a silent gap.
     """
-    fence = Path.cwd().resolve()
+    built = os.stat(archive)
+
+    def refuse(err: OSError) -> None:
+        raise _unreadable(str(err.filename or folder), err)
+
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames.sort()
+        for dirpath, dirnames, filenames in os.walk(folder, onerror=refuse):
             current = Path(dirpath)
+            for linked in [d for d in dirnames if (current / d).is_symlink()]:
+                logger.warning(
+                    "left %s out of %s.zip: it links to a folder", current / linked, folder.name
+                )
+                dirnames.remove(linked)
+            dirnames.sort()
             if current != folder and not dirnames and not filenames:
                 zf.write(current, current.relative_to(folder).as_posix() + "/")
             for filename in sorted(filenames):
                 file = current / filename
-                if file.is_symlink() and not file.resolve().is_relative_to(fence):
+                try:
+                    st = os.stat(file)
+                except OSError as err:
+                    logger.warning("left %s out of %s.zip: %s", file, folder.name, err.strerror)
+                    continue
+                if (st.st_dev, st.st_ino) == (built.st_dev, built.st_ino):
+                    continue  # the archive itself, when the folder holds the temp folder
+                if not stat.S_ISREG(st.st_mode):
                     logger.warning(
-                        "left %s out of %s.zip: it links outside the task", file, folder.name
+                        "left %s out of %s.zip: it is %s",
+                        file,
+                        folder.name,
+                        _special_kind(st.st_mode),
                     )
                     continue
-                if file.is_file():
+                try:
                     zf.write(file, file.relative_to(folder).as_posix())
+                except OSError as err:
+                    raise _unreadable(str(file), err) from None

@@ -21,8 +21,9 @@ from raybeam.errors import InvalidArguments, InvalidConfiguration
 from raybeam.image import Image
 from raybeam.record import TaskSpec
 from raybeam.resources import gpu_types, ray_options
-from raybeam.runner import FunctionBundle, encode_payload
+from raybeam.runner import FunctionBundle
 from raybeam.task import Task
+from raybeam.wire import encode_payload
 
 P = ParamSpec("P")
 R = TypeVar("R")

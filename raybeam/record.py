@@ -57,7 +57,7 @@ S = TaskStatus
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.PENDING: frozenset({S.RUNNING, S.CANCELLED, S.EXPIRED}),
     S.RUNNING: frozenset({S.COMPLETE, S.RETRY, S.FAILED, S.CANCELLED, S.TIMEOUT}),
-    S.RETRY: frozenset({S.RUNNING, S.CANCELLED}),
+    S.RETRY: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
     **{final: frozenset() for final in FINAL_STATUSES},
 }
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import inspect
-import json
 import logging
 import os
 import shutil
@@ -14,15 +12,15 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
 import ray
 
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
-from raybeam.connection import pipeline
-from raybeam.context import TaskContext, reset_context, set_context
+from raybeam.context import TaskContext, attempt_ended, reset_context, set_context
+from raybeam.wire import START_REPORT_DELAY, Attempt, Outcome, decode_payload, failed, succeeded
 
 log = logging.getLogger("raybeam.runner")
 
@@ -37,30 +35,7 @@ class FunctionBundle:
     on_start: Callable[[], Any] | None = None
 
 
-@dataclasses.dataclass
-class Attempt:
-    """One submission of a task, as the registry hands it to a worker."""
-
-    task_id: str
-    queue: str
-    run: str
-    attempt: int
-    payload: str
-    callback_url: str | None
-    timeout: int
-    storage_url: str
-
-    def fields(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, f) for f in _ATTEMPT_FIELDS)
-
-
-_ATTEMPT_FIELDS = [f.name for f in dataclasses.fields(Attempt)]
-
-#: seconds an attempt runs before the registry hears that it started (status RUNNING)
-START_REPORT_DELAY = 0.1
-
 _bundles: dict[str, FunctionBundle] = {}
-_registry: Any = None
 
 
 def load_bundle(digest: str, blob: bytes) -> FunctionBundle:
@@ -71,39 +46,20 @@ def load_bundle(digest: str, blob: bytes) -> FunctionBundle:
     return bundle
 
 
-def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    return base64.b64encode(cloudpickle.dumps((args, kwargs))).decode()
-
-
-def decode_payload(payload: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    args, kwargs = cloudpickle.loads(base64.b64decode(payload))
-    return tuple(args), dict(kwargs)
-
-
-def encode_result(value: Any) -> tuple[Any, str | None]:
-    """The value as JSON when it is JSON, else None plus the pickled value."""
+def _report_starts(ready: list[tuple[tuple[str, str], str]]) -> None:
+    """Tell the registry these attempts are running; fire and forget, the result follows
+    anyway. The registry is looked up afresh each time: one that restarted is another actor,
+    and a cached handle would report to the dead one (and no timeout would be timed)."""
     try:
-        json.dumps(value, allow_nan=False)
-        return value, None
-    except (TypeError, ValueError):
-        return None, base64.b64encode(cloudpickle.dumps(value)).decode()
-
-
-def decode_result(result: Any, blob: str | None) -> Any:
-    if blob is not None:
-        return cloudpickle.loads(base64.b64decode(blob))
-    return result
-
-
-def _report_start(task_id: str, run: str, container_id: str) -> None:
-    """Tell the registry the attempt is running; fire and forget, the result follows anyway."""
-    global _registry
-    try:
-        if _registry is None:
-            _registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
-        _registry.started.remote(task_id, run, container_id)
+        registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
     except Exception:  # the result carries the start time and the worker instead
-        log.warning("could not report the start of task %s", task_id, exc_info=True)
+        log.warning("could not find the registry to report %d starts", len(ready), exc_info=True)
+        return
+    for (task_id, run), container_id in ready:
+        try:
+            registry.started.remote(task_id, run, container_id)
+        except Exception:
+            log.warning("could not report the start of task %s", task_id, exc_info=True)
 
 
 class _StartReporter:
@@ -139,16 +95,14 @@ class _StartReporter:
                 ready = [(k, cid) for k, (at, cid) in self.due.items() if at <= now]
                 for key, _ in ready:
                     del self.due[key]
-            for (task_id, run), container_id in ready:
-                _report_start(task_id, run, container_id)
+            if ready:
+                _report_starts(ready)
 
 
 _starts = _StartReporter()
 
 
-def call_handler(
-    bundle: FunctionBundle, attempt: Attempt, on_start_value: Any = None
-) -> dict[str, Any]:
+def call_handler(bundle: FunctionBundle, attempt: Attempt, on_start_value: Any = None) -> Outcome:
     """Run the handler once in a fresh scratch folder and describe how it ended."""
     args, kwargs = decode_payload(attempt.payload)
     ctx = TaskContext(
@@ -172,17 +126,11 @@ def call_handler(
             value = asyncio.run(_await(value))
         # tasks the handler put are stored before the attempt ends: the worker may exit
         # right after it (max_calls), before a batch of puts went out
-        pipeline.collect()
-        result, blob = encode_result(value)
-        return {"ok": True, "result": result, "result_blob": blob, "outputs": ctx.saved_outputs}
+        attempt_ended()
+        return succeeded(value, ctx.saved_outputs)
     except Exception as exc:
         retryable = bundle.retry_for is None or isinstance(exc, bundle.retry_for)
-        return {
-            "ok": False,
-            "retryable": retryable,
-            "error": traceback.format_exc(),
-            "outputs": ctx.saved_outputs,
-        }
+        return failed(traceback.format_exc(), retryable, ctx.saved_outputs)
     finally:
         os.chdir(previous_cwd)
         reset_context(token)
@@ -195,7 +143,7 @@ async def _await(value: Any) -> Any:
 
 def execute(
     bundle: FunctionBundle, attempt: Attempt, container_id: str, on_start_value: Any = None
-) -> dict[str, Any]:
+) -> Outcome:
     """Run one attempt and describe how it ended, for the registry that awaits it."""
     started_at = time.time()
     _starts.add(attempt.task_id, attempt.run, container_id)
@@ -203,13 +151,13 @@ def execute(
         outcome = call_handler(bundle, attempt, on_start_value)
     finally:
         _starts.discard(attempt.task_id, attempt.run)
-    outcome.update(
-        container_id=container_id, started_at=started_at, duration=time.time() - started_at
-    )
+    outcome["container_id"] = container_id
+    outcome["started_at"] = started_at
+    outcome["duration"] = time.time() - started_at
     return outcome
 
 
-def run_attempt(digest: str, blob: bytes, *fields: Any) -> dict[str, Any]:
+def run_attempt(digest: str, blob: bytes, *fields: Any) -> Outcome:
     """The body of the Ray task the registry submits for each attempt of a plain queue.
 
     The attempt travels as plain values (`Attempt.fields()`): Ray sends those without pickling.
@@ -218,11 +166,16 @@ def run_attempt(digest: str, blob: bytes, *fields: Any) -> dict[str, Any]:
     return execute(load_bundle(digest, blob), Attempt(*fields), worker_id)
 
 
-def run_pack(digest: str, blob: bytes, attempts: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """Several tiny attempts in one Ray task, one after the other, each in its own folder."""
+def run_pack(digest: str, blob: bytes, attempts: list[tuple[Any, ...]]) -> Iterator[Outcome]:
+    """Several tiny attempts in one Ray task, one after the other, each in its own folder.
+
+    A streaming generator: each outcome reaches the registry as it is made, so when one
+    member takes the worker down, the members before it keep their outcome and the registry
+    knows which member was running (the one after the last outcome)."""
     worker_id = ray.get_runtime_context().get_worker_id()
     bundle = load_bundle(digest, blob)
-    return [execute(bundle, Attempt(*fields), worker_id) for fields in attempts]
+    for fields in attempts:
+        yield execute(bundle, Attempt(*fields), worker_id)
 
 
 _remotes: dict[tuple[int | None, bool], Any] = {}
@@ -236,6 +189,8 @@ def remote_attempt(max_calls: int | None = None, packed: bool = False) -> Any:
     fn = _remotes.get((max_calls, packed))
     if fn is None:
         options: dict[str, Any] = {"max_retries": 0}
+        if packed:
+            options["num_returns"] = "streaming"
         if max_calls is not None:
             options["max_calls"] = max_calls
         fn = ray.remote(**options)(run_pack if packed else run_attempt)

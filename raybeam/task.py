@@ -15,8 +15,9 @@ from raybeam.errors import (
     TaskNotFound,
     TaskTimeout,
 )
+from raybeam.outputs import OutputFile
 from raybeam.record import TaskStatus
-from raybeam.runner import decode_result
+from raybeam.wire import decode_result
 
 _ERRORS: dict[TaskStatus, type[Exception]] = {
     TaskStatus.CANCELLED: TaskCancelled,
@@ -58,10 +59,16 @@ class Task:
     def status(self) -> TaskStatus:
         return TaskStatus(self.info()["status"])
 
-    def outputs(self) -> list[dict[str, Any]]:
-        """The saved outputs as `{name, url, expires_in}`, links signed afresh."""
-        outputs: list[dict[str, Any]] = self.info()["outputs"]
-        return outputs
+    def outputs(self) -> list[OutputFile]:
+        """The saved outputs, in the order they were saved, links signed afresh.
+
+        >>> task.outputs()[0].url  # doctest: +SKIP
+        'http://127.0.0.1:8000/output/id/c339...?expires=...&signature=...'
+        """
+        return [
+            OutputFile(name=o["name"], url=o["url"], expires_in=o["expires_in"])
+            for o in self.info()["outputs"]
+        ]
 
     def open_output(self, name: str | None = None) -> IO[bytes]:
         """Open a saved output for reading (the first one when `name` is None), straight from

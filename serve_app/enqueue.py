@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Security
 from raybeam.enqueue import new_item
 from serve_app.auth import authenticate, configured_tokens, token_header
 from serve_app.errors import ApiError
+from serve_app.registry import registry_of
 from serve_app.schemas import EnqueueBody, Enqueued, errors
 
 #: the largest body accepted
@@ -109,7 +110,7 @@ async def enqueue(
     name: str, request: Request, authorization: str | None = Security(token_header)
 ) -> Enqueued:
     check_declared_size(request)
-    definition: dict[str, Any] | None = await request.app.state.registry.call("queue_info", name)
+    definition: dict[str, Any] | None = await registry_of(request).call("queue_info", name)
     # an unknown queue is only told apart from a private one once the token is right
     if definition is None or definition.get("authorized", True):
         authenticate(configured_tokens(request), authorization)
@@ -120,5 +121,5 @@ async def enqueue(
         item = new_item(definition, args, kwargs, overrides)
     except RecursionError:
         raise ApiError(422, "InvalidArguments", "the arguments are nested too deeply") from None
-    ids: list[str] = await request.app.state.registry.call("submit", name, [item])
+    ids: list[str] = await registry_of(request).call("submit", name, [item])
     return Enqueued(task_id=ids[0])

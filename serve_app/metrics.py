@@ -7,6 +7,7 @@ from fastapi.responses import PlainTextResponse
 
 from raybeam.middleware.metrics import render
 from serve_app.auth import require_token
+from serve_app.registry import registry_of
 from serve_app.schemas import errors
 
 router = APIRouter(tags=["service"])
@@ -20,5 +21,5 @@ router = APIRouter(tags=["service"])
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> PlainTextResponse:
-    data = await request.app.state.registry.call("metrics")
+    data = await registry_of(request).call("metrics")
     return PlainTextResponse(render(data), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -7,6 +7,7 @@ import time
 from typing import Any, Protocol
 
 import ray
+from fastapi import Request
 
 from raybeam import connection
 from serve_app.errors import ApiError
@@ -15,6 +16,12 @@ from serve_app.errors import ApiError
 class RegistryClient(Protocol):
     async def call(self, method: str, *args: Any) -> Any:
         """Call a registry method; raybeam errors come back as themselves."""
+
+
+def registry_of(request: Request) -> RegistryClient:
+    """The registry that `create_app` put on the app (starlette's `State` is untyped)."""
+    client: RegistryClient = request.app.state.registry
+    return client
 
 
 #: seconds a replica trusts a queue definition it fetched

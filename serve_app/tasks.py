@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from raybeam.record import TaskStatus
 from serve_app.auth import require_token
 from serve_app.errors import ApiError
+from serve_app.registry import registry_of
 from serve_app.schemas import CancelBody, Empty, TaskPage, TaskRecord, errors
 
 log = logging.getLogger("raybeam.http")
@@ -24,7 +25,7 @@ router = APIRouter(prefix="/v2/task", tags=["tasks"], dependencies=[Depends(requ
 
 
 async def _record(request: Request, task_id: str) -> dict[str, Any]:
-    record: dict[str, Any] | None = await request.app.state.registry.call("get", task_id)
+    record: dict[str, Any] | None = await registry_of(request).call("get", task_id)
     if record is None:
         raise ApiError(404, "TaskNotFound", f"no task with id {task_id!r}")
     return record
@@ -44,9 +45,7 @@ async def list_tasks(
             wanted = TaskStatus.parse(status).value
         except ValueError as exc:
             raise ApiError(422, "ValidationError", str(exc)) from None
-    records, next_cursor = await request.app.state.registry.call(
-        "list", queue, wanted, limit, cursor
-    )
+    records, next_cursor = await registry_of(request).call("list", queue, wanted, limit, cursor)
     return JSONResponse({"tasks": records, "next_cursor": next_cursor})
 
 
@@ -55,7 +54,7 @@ async def list_tasks(
 )
 async def cancel(request: Request, body: CancelBody) -> dict[str, Any]:
     if body.task_ids:
-        await request.app.state.registry.call("cancel", body.task_ids)
+        await registry_of(request).call("cancel", body.task_ids)
     return {}
 
 
@@ -93,7 +92,7 @@ def _event(record: dict[str, Any]) -> str:
 
 async def _events(request: Request, record: dict[str, Any]) -> AsyncIterator[str]:
     yield _event(record)
-    registry = request.app.state.registry
+    registry = registry_of(request)
     while not TaskStatus(record["status"]).is_final:
         try:
             latest = await registry.call("watch", record["id"], record["status"], KEEPALIVE)

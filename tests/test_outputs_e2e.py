@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
+import tempfile
 import time
 import uuid
 import zipfile
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import parse_qs
 
 import pytest
@@ -98,17 +101,18 @@ def saved(ray_cluster: Any) -> Saved:
 def test_file_folder_bytes_and_image_are_listed_and_stored(saved: Saved, ray_cluster: Any) -> None:
     storage = Storage(ray_cluster.storage)
     outputs = saved.task.outputs()
-    assert [o["name"] for o in outputs] == ["sum.txt", "plots.zip", "data.bin", "image.png"]
-    assert saved.task.info()["outputs"][0]["name"] == "sum.txt"
+    assert [o.name for o in outputs] == ["sum.txt", "plots.zip", "data.bin", "image.png"]
+    assert saved.task.info()["outputs"][0] == {**outputs[0], "url": ANY}  # still plain dicts
     contents = {}
     for output in outputs:
-        assert set(output) == {"name", "url", "expires_in"}
-        assert output["expires_in"] == 3600
-        link = parse_link(output["url"])
+        assert isinstance(output, raybeam.OutputFile)
+        assert set(output) == {"name", "url", "expires_in"}  # it reads as the record's dict
+        assert output.expires_in == output["expires_in"] == 3600
+        link = parse_link(output.url)
         assert abs(link.expires - (time.time() + 3600)) < 30
         assert storage.verify_local_link(link.id, str(link.expires), link.signature)
-        key, contents[output["name"]] = read_output(storage, link.id)
-        assert key == f"outputs/{saved.queue}/{saved.task.id}/{link.id}/{output['name']}"
+        key, contents[output.name] = read_output(storage, link.id)
+        assert key == f"outputs/{saved.queue}/{saved.task.id}/{link.id}/{output.name}"
         assert (Path(ray_cluster.storage) / key).is_file()
 
     assert contents["sum.txt"] == b"20"
@@ -135,7 +139,7 @@ def test_open_output_reads_from_storage(saved: Saved) -> None:
 
 def test_links_are_signed_afresh_on_every_read(saved: Saved, ray_cluster: Any) -> None:
     storage = Storage(ray_cluster.storage)
-    first = [parse_link(o["url"]) for o in saved.task.outputs()]
+    first = [parse_link(o.url) for o in saved.task.outputs()]
     time.sleep(1.1)
     second = [parse_link(o["url"]) for o in saved.task.info()["outputs"]]
     for a, b in zip(first, second, strict=True):
@@ -161,28 +165,73 @@ def test_public_url_inside_the_task_is_a_valid_link(saved: Saved, ray_cluster: A
     )
 
 
-def test_unsafe_names_and_missing_files_fail_the_task(ray_cluster: Any, unique_name: str) -> None:
+def test_files_written_outside_the_scratch_folder_are_saved(
+    ray_cluster: Any, unique_name: str
+) -> None:
+    """A handler that renders into a folder of its own (/tmp here, a volume in production)."""
+
+    @task_queue(name=unique_name, cpu=0.25, retries=0)
+    def render(blob: bytes) -> dict[str, str]:
+        folder = tempfile.mkdtemp(prefix="raybeam-render-")
+        Path(folder, "out.bin").write_bytes(blob)
+        Path(folder, "frames").mkdir()
+        Path(folder, "frames", "f1.txt").write_text("frame 1")
+        Output(path=os.path.join(folder, "out.bin")).save()
+        Output(path=Path(folder, "frames")).save()
+        return {"folder": folder, "cwd": os.getcwd()}
+
+    blob = os.urandom(50_000)
+    task = render.put(blob)
+    ran = task.result(timeout=60)
+    folder = ran["folder"]
+    try:
+        assert not Path(folder).is_relative_to(ran["cwd"])  # outside the scratch folder
+        storage = Storage(ray_cluster.storage)
+        outputs = task.outputs()
+        assert [o.name for o in outputs] == ["out.bin", "frames.zip"]
+        link = parse_link(outputs[0].url)
+        assert storage.verify_local_link(link.id, str(link.expires), link.signature)
+        assert read_output(storage, link.id) == (
+            f"outputs/{unique_name}/{task.id}/{link.id}/out.bin",
+            blob,
+        )
+        _, archive = read_output(storage, parse_link(outputs[1].url).id)
+        with zipfile.ZipFile(io.BytesIO(archive)) as zf:
+            assert zf.namelist() == ["f1.txt"]
+            assert zf.read("f1.txt") == b"frame 1"
+        assert Path(folder, "out.bin").read_bytes() == blob  # saved by reading: left in place
+        assert not Path(ran["cwd"]).exists()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_unsafe_names_missing_and_special_files_fail_the_task(
+    ray_cluster: Any, unique_name: str
+) -> None:
     @task_queue(name=unique_name, cpu=0.25, retries=0)
     def bad(case: str) -> None:
-        Path("inside.txt").write_text("x")
-        if case == "parent":
-            Output(path="../../etc/passwd").save()
-        elif case == "absolute":
-            Output(path="/etc/passwd").save()
-        elif case == "bytes":
+        if case == "bytes":
             Output.from_bytes("../../escape.txt", b"x").save()
-        elif case == "link":
-            os.symlink("/etc/passwd", "sneaky")
-            Output(path="sneaky").save()
+        elif case == "absolute name":
+            Output.from_bytes("/etc/escape.txt", b"x").save()
         elif case == "missing":
             Output(path="nope.txt").save()
+        elif case == "broken link":
+            os.symlink("nowhere.txt", "latest.txt")
+            Output(path="latest.txt").save()
+        elif case == "fifo":
+            os.mkfifo("pipe")  # nobody writes: reading it would hang the attempt
+            Output(path="pipe").save()
+        elif case == "device":
+            Output(path="/dev/zero").save()  # reading it would never end
 
     cases = {
-        "parent": "'..' component",
-        "absolute": "outside the task's working directory",
         "bytes": "'..' component",
-        "link": "outside the task's working directory",
+        "absolute name": "is an absolute path",
         "missing": "nope.txt' does not exist",
+        "broken link": "symbolic link to 'nowhere.txt', which does not exist",
+        "fifo": "is a named pipe (FIFO), not a regular file or a folder",
+        "device": "'/dev/zero' is a character device",
     }
     tasks = bad.map(list(cases))
     for task, expected in zip(tasks, cases.values(), strict=True):

@@ -318,7 +318,7 @@ def test_finished_tasks_leave_no_timers_behind(unique_name: str) -> None:
     ids = {t.id for t in tasks}
     left = ray.get(
         registry.__ray_call__.remote(
-            lambda self: [i for i in ids if i in self.attempt_timers or i in self.ttl_timers]
+            lambda self: [i for i in ids if self.core.timers.has(i)]
         )
     )
     assert left == []

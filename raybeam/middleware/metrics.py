@@ -1,6 +1,6 @@
 """Latency histograms for `GET /metrics`: enqueue to first start, and each attempt's run time.
 
-The registry feeds every status change through `on_transition`; `snapshot()` hands the
+The registry feeds every status change through `on_transition`; `metrics()` hands the
 histograms out as plain data, and `render()` writes that data (with the task counts the
 registry adds) in the Prometheus text format.
 """
@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from raybeam.host import Host
 from raybeam.middleware import Middleware
 from raybeam.record import TaskRecord, TaskStatus
 
@@ -49,8 +50,8 @@ class Histogram:
 
 
 class LatencyMetrics(Middleware):
-    def __init__(self, registry: Any) -> None:
-        super().__init__(registry)
+    def __init__(self, host: Host) -> None:
+        super().__init__(host)
         self.start_latency: dict[tuple[str, ...], Histogram] = {}
         self.run_duration: dict[tuple[str, ...], Histogram] = {}
 
@@ -69,7 +70,7 @@ class LatencyMetrics(Middleware):
     ) -> None:
         table.setdefault(labels, Histogram()).observe(value)
 
-    def snapshot(self) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         """The histograms as plain data: `{name: [[labels, counts, sum, count], ...]}`."""
         return {
             START_LATENCY: [

@@ -13,10 +13,10 @@ log = logging.getLogger("raybeam.retention")
 
 class Retention(Middleware):
     def on_boot(self) -> None:
-        self.registry._spawn(self._sweep_forever())
+        self.host.spawn(self._sweep_forever())
 
     async def _sweep_forever(self) -> None:
-        age = float(self.registry.retention_seconds)
+        age = float(self.host.retention_seconds)
         interval = min(3600.0, max(1.0, age / 10))
         while True:
             await asyncio.sleep(interval)
@@ -26,23 +26,21 @@ class Retention(Middleware):
                 log.exception("retention sweep failed; trying again in %.0f s", interval)
 
     async def purge(self, older_than_seconds: float) -> int:
-        registry = self.registry
         cutoff = time.time() - older_than_seconds
         old = [
-            r for r in registry.tasks.values()
+            r for r in self.host.records()
             if r.status.is_final and (r.ended_at or r.updated_at) < cutoff
         ]  # fmt: skip
         for rec in old:
-            del registry.tasks[rec.id]
-            registry.commits.stage("task", rec.id, None)
+            self.host.forget(rec)
         if old:
-            await registry.commits.commit()
+            await self.host.persist()
             folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs}
             await asyncio.to_thread(self._remove_outputs, folders)
         return len(old)
 
     def _remove_outputs(self, folders: set[str]) -> None:
-        storage = self.registry.storage
+        storage = self.host.storage
         for folder in folders:
             try:
                 if storage.exists(folder):

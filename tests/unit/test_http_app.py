@@ -175,7 +175,7 @@ def test_histogram_buckets() -> None:
 
 
 def test_latency_metrics_follow_transitions() -> None:
-    hook = LatencyMetrics(registry=None)
+    hook = LatencyMetrics(host=None)  # type: ignore[arg-type]
     rec = TaskRecord(id="t", queue="q", spec=TaskSpec(function="f"), created_at=100.0)
 
     def move(new: TaskStatus, at: float) -> None:
@@ -189,7 +189,7 @@ def test_latency_metrics_follow_transitions() -> None:
     move(TaskStatus.RETRY, 105.0)
     move(TaskStatus.RUNNING, 106.0)
     move(TaskStatus.COMPLETE, 107.5)
-    snap = hook.snapshot()
+    snap = hook.metrics()
     ((labels, _counts, total, count),) = snap["raybeam_task_start_latency_seconds"]
     assert (labels, total, count) == (["q"], 2.0, 1)  # only the first start counts
     runs = {tuple(r[0]): (r[2], r[3]) for r in snap["raybeam_task_run_duration_seconds"]}
@@ -197,7 +197,7 @@ def test_latency_metrics_follow_transitions() -> None:
 
 
 def test_render_is_valid_prometheus_text() -> None:
-    hook = LatencyMetrics(registry=None)
+    hook = LatencyMetrics(host=None)  # type: ignore[arg-type]
     hook._observe(hook.start_latency, ("q",), 0.3)
     hook._observe(hook.run_duration, ("q", "COMPLETE"), 12.0)
     data = {
@@ -209,7 +209,7 @@ def test_render_is_valid_prometheus_text() -> None:
             },
             'odd"name': {"active_containers": 0, "queue_depth": 0, "by_status": {}},
         },
-        **hook.snapshot(),
+        **hook.metrics(),
     }
     families = {f.name: f for f in text_string_to_metric_families(render(data))}
     samples = {

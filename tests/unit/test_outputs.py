@@ -6,9 +6,12 @@ checks them as that route must (`verify_local_link`, then 403 or the file).
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 import re
 import shutil
+import tempfile
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -22,10 +25,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from raybeam import config
+import raybeam
+from raybeam import config, connection
 from raybeam.context import TaskContext, reset_context, set_context
 from raybeam.errors import InvalidOutputPath, OutsideTask, RaybeamError
-from raybeam.outputs import Output
+from raybeam.outputs import Output, OutputFile
 from raybeam.storage import Storage, storage_from_settings
 from tests.support.moto_server import create_bucket, moto_s3
 
@@ -169,14 +173,81 @@ def test_save_a_folder_as_zip(task: TaskContext) -> None:
     Path("frames/a.txt").write_text("a")
     Path("frames/sub/b.bin").write_bytes(bytes(range(256)) * 100)
     Path("frames/sub/inside").symlink_to("../a.txt")
-    Path("frames/outside").symlink_to("/etc/hostname")  # left out: it leads out of the task
+    Path("frames/outside").symlink_to("/etc/hostname")  # a link to a file: followed
+    Path("frames/loop").symlink_to(".")  # a link to a folder: not followed
+    Path("frames/broken").symlink_to("nowhere")
+    os.mkfifo("frames/pipe")  # no writer: reading it would wait forever
     output = Output(path="frames/").save()
     archive = zipfile.ZipFile(io.BytesIO(check_saved(output, task, "frames.zip")))
-    assert sorted(archive.namelist()) == ["a.txt", "empty/", "sub/b.bin", "sub/inside"]
+    assert sorted(archive.namelist()) == ["a.txt", "empty/", "outside", "sub/b.bin", "sub/inside"]
     assert archive.read("sub/inside") == b"a"
     assert archive.read("a.txt") == b"a"
+    assert archive.read("outside") == Path("/etc/hostname").read_bytes()
     assert archive.read("sub/b.bin") == bytes(range(256)) * 100
     assert not list(Path("frames").parent.glob("*.zip"))  # the zip was built elsewhere
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[Path]:
+    """A folder outside the task's scratch folder, as /tmp/render or a mounted volume is."""
+    folder = Path(tempfile.mkdtemp(prefix="raybeam-elsewhere-"))
+    yield folder
+    shutil.rmtree(folder)
+
+
+def test_save_a_file_outside_the_scratch_folder(task: TaskContext, elsewhere: Path) -> None:
+    (elsewhere / "out.png").write_bytes(b"\x89PNG rendered")
+    assert not elsewhere.is_relative_to(Path.cwd())
+    output = Output(path=elsewhere / "out.png").save()
+    assert check_saved(output, task, "out.png") == b"\x89PNG rendered"
+    assert (elsewhere / "out.png").exists()  # saving reads the file, never moves it
+
+
+def test_save_a_folder_outside_the_scratch_folder_as_zip(
+    task: TaskContext, elsewhere: Path
+) -> None:
+    (elsewhere / "render" / "deep").mkdir(parents=True)
+    (elsewhere / "render" / "deep" / "frame1.txt").write_text("one")
+    output = Output(path=str(elsewhere / "render")).save()
+    archive = zipfile.ZipFile(io.BytesIO(check_saved(output, task, "render.zip")))
+    assert archive.namelist() == ["deep/frame1.txt"]
+    assert archive.read("deep/frame1.txt") == b"one"
+
+
+def test_a_relative_path_is_read_from_the_working_directory_when_made(
+    local_task: TaskContext, elsewhere: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Path("out").mkdir()
+    Path("out/result.txt").write_text("scratch")
+    Path("../sibling").mkdir()
+    Path("../sibling/result.txt").write_text("sibling")
+    from_scratch = Output(path="out/result.txt")
+    from_sibling = Output(path="../sibling/result.txt")  # '..' in a path is fine
+    monkeypatch.chdir(elsewhere)  # both were resolved already: moving on changes nothing
+    from_scratch.save()
+    from_sibling.save()
+    storage = storage_from_settings(local_task.storage_url)
+    stored = []
+    for saved in local_task.saved_outputs:
+        with storage.open(saved["key"]) as f:
+            stored.append(f.read())
+    assert stored == [b"scratch", b"sibling"]
+    assert (from_scratch.name, from_sibling.name) == ("result.txt", "result.txt")
+
+
+def test_a_symlink_is_stored_under_its_own_name(local_task: TaskContext, elsewhere: Path) -> None:
+    (elsewhere / "frame-0042.png").write_bytes(b"png")
+    Path("latest.png").symlink_to(elsewhere / "frame-0042.png")
+    output = Output(path="latest.png").save()
+    assert output.name == "latest.png" and output.size == 3
+
+
+def test_the_working_directory_itself_is_zipped_under_its_name(local_task: TaskContext) -> None:
+    Path("a.txt").write_text("a")
+    output = Output(path=".").save()
+    assert output.name == f"{Path.cwd().name}.zip"
+    with storage_from_settings(local_task.storage_url).open(str(output.key)) as f:
+        assert zipfile.ZipFile(io.BytesIO(f.read())).namelist() == ["a.txt"]
 
 
 def test_save_bytes(task: TaskContext) -> None:
@@ -239,14 +310,53 @@ def test_tampered_and_expired_local_links_get_403(
     assert download(with_query(expires=str(expired_at), signature=expired)).status_code == 403
 
 
-@pytest.mark.parametrize(
-    "path",
-    ["../escape.txt", "out/../../escape.txt", "/etc/passwd", "", "   ", "a\x00b", ".", "link"],
-)
-def test_paths_outside_the_scratch_folder_are_refused(local_task: TaskContext, path: str) -> None:
-    Path("link").symlink_to("/etc/hostname")
-    with pytest.raises(InvalidOutputPath):
+@pytest.mark.parametrize("path", ["", "   ", "a\x00b", b"sum.txt", "/"])
+def test_malformed_paths_are_refused(local_task: TaskContext, path: Any) -> None:
+    with pytest.raises(InvalidOutputPath, match="output path"):
         Output(path=path)
+    assert local_task.saved_outputs == []
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize(
+    ("special", "kind"),
+    [("fifo", "a named pipe"), ("/dev/zero", "a character device"), ("socket", "a socket")],
+)
+def test_special_files_are_refused_without_reading_them(
+    local_task: TaskContext, elsewhere: Path, special: str, kind: str
+) -> None:
+    """A FIFO without a writer would block, /dev/zero would stream forever."""
+    path = elsewhere / special
+    if special == "fifo":
+        os.mkfifo(path)
+    elif special == "socket":
+        import socket
+
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(path))
+    else:
+        path = Path(special)
+    Path("link").symlink_to(path)  # through a link too
+    for given in (path, "link"):
+        with pytest.raises(InvalidOutputPath, match=f"is {kind}.*, not a regular file or a folder"):
+            Output(path=given).save()
+    assert local_task.saved_outputs == []
+
+
+def test_a_broken_symlink_names_its_target(local_task: TaskContext) -> None:
+    Path("latest.png").symlink_to("frames/0042.png")
+    with pytest.raises(InvalidOutputPath, match=r"symbolic link to 'frames/0042.png', which does"):
+        Output(path="latest.png").save()
+    assert local_task.saved_outputs == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_an_unreadable_file_gives_a_clear_error(local_task: TaskContext, elsewhere: Path) -> None:
+    secret = elsewhere / "secret.txt"
+    secret.write_text("x")
+    secret.chmod(0)
+    with pytest.raises(InvalidOutputPath, match=r"cannot be read by the task \(Permission denied"):
+        Output(path=secret).save()
     assert local_task.saved_outputs == []
 
 
@@ -276,8 +386,9 @@ def test_a_queue_name_that_would_escape_is_refused(local_task: TaskContext) -> N
         Output.from_bytes("a.txt", b"x").save()
 
 
-def test_a_missing_file_gives_a_clear_error(local_task: TaskContext) -> None:
-    output = Output(path="not-written.txt")
+@pytest.mark.parametrize("path", ["not-written.txt", "/tmp/no-such-folder-rb/not-written.txt"])
+def test_a_missing_file_gives_a_clear_error(local_task: TaskContext, path: str) -> None:
+    output = Output(path=path)
     with pytest.raises(InvalidOutputPath, match=r"'.*not-written.txt' does not exist; write it"):
         output.save()
     assert local_task.saved_outputs == []
@@ -299,3 +410,50 @@ def test_outputs_outside_a_task_are_refused(
         Output.from_bytes("a.txt", b"x")
     with pytest.raises(OutsideTask, match="inside a running raybeam task"):
         Output.from_pil_image(Image.new("RGB", (1, 1)))
+
+
+# ---- OutputFile: what task.outputs() lists ---------------------------------------------------
+
+LISTED: dict[str, Any] = {
+    "name": "sum.txt",
+    "url": "http://127.0.0.1:8000/output/id/c339",
+    "expires_in": 3600,
+}
+
+
+def test_output_file_has_attributes_and_reads_as_the_records_dict() -> None:
+    output = OutputFile(name="sum.txt", url=LISTED["url"], expires_in=3600)
+    assert (output.name, output.url, output.expires_in) == ("sum.txt", LISTED["url"], 3600)
+    assert output == LISTED and output != {**LISTED, "expires_in": 60}
+    as_dict = dict(LISTED)
+    assert as_dict == output  # with the dict on the left too
+    assert output["url"] == output.get("url") == LISTED["url"]
+    assert output.get("size") is None and "url" in output and "size" not in output
+    with pytest.raises(KeyError):
+        output["size"]
+    assert dict(output) == LISTED and list(output) == ["name", "url", "expires_in"]
+    assert repr(output) == f"OutputFile(name='sum.txt', url={LISTED['url']!r}, expires_in=3600)"
+    assert hash(output) == hash(OutputFile(**LISTED))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        output.url = "http://elsewhere"  # type: ignore[misc]
+    assert not hasattr(output, "__dict__")  # slots
+    assert raybeam.OutputFile is OutputFile and "OutputFile" in raybeam.__all__
+
+
+def test_task_outputs_lists_output_files_and_info_keeps_dicts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    second: dict[str, Any] = {
+        "name": "plots.zip",
+        "url": "http://127.0.0.1:8000/output/id/d44",
+        "expires_in": 60,
+    }
+    record = {"id": "t1", "status": "COMPLETE", "outputs": [LISTED, second]}
+    monkeypatch.setattr(connection, "call", lambda method, *args: record)
+    task = raybeam.Task("t1")
+    outputs = task.outputs()
+    assert outputs == [OutputFile(**LISTED), OutputFile(**second)]
+    assert all(type(o) is OutputFile for o in outputs)
+    assert outputs[1].url == second["url"] and outputs[1]["expires_in"] == 60
+    assert outputs == task.info()["outputs"]
+    assert all(type(o) is dict for o in task.info()["outputs"])

@@ -1,0 +1,447 @@
+"""The registry's state and transitions, with no Ray in it.
+
+`RegistryCore` holds the records, queues, depths, leases and waiters; it admits new tasks,
+applies every status change in one place (`_set_status`: counters, timers, waiters, hooks),
+and answers reads from what is stored: a record with a change not yet in the journal is read
+only after that change lands. `registry.py` binds it to Ray; dispatch and middleware see it
+as a `Host` (host.py). Unit tests build one with a fake `Dispatch`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any
+
+from raybeam.errors import QueueFull, QueueNotFound, RaybeamError
+from raybeam.host import Dispatch, Host, Timers
+from raybeam.journal import GroupCommit, Journal
+from raybeam.leases import Leases
+from raybeam.record import TRANSITIONS, TaskRecord, TaskSpec, TaskStatus
+from raybeam.wire import Outcome
+
+if TYPE_CHECKING:
+    from raybeam.middleware import Middleware
+    from raybeam.storage import Storage
+
+log = logging.getLogger("raybeam.registry")
+
+#: attempts cut short by a registry restart beyond `retries` before a task is given up
+RESTART_ALLOWANCE = 3
+#: distinct (queue definition, overrides) pairs whose shared TaskSpec is kept
+SPEC_CACHE = 1024
+RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
+CANCELLED, FAILED, COMPLETE = TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.COMPLETE
+
+
+def resume_decision(rec: TaskRecord, has_payload: bool, function_error: str | None) -> str | None:
+    """Why a restarted registry cannot run a task that was not final, or None to run it."""
+    if not has_payload:
+        return "its arguments were not found in storage"
+    if function_error is not None:
+        return function_error
+    if rec.status is RUNNING and rec.attempts > rec.spec.retries + RESTART_ALLOWANCE:
+        # a task whose attempts keep taking the registry down (say, by memory)
+        return f"the registry restarted during attempt {rec.attempts}, its last allowed one"
+    return None
+
+
+class RegistryCore:
+    def __init__(
+        self,
+        journal: Journal,
+        storage: Storage,
+        *,
+        output_url_expires: int,
+        retention_seconds: float,
+        incarnation: str,
+        dispatch: Callable[[Host], Dispatch],
+        middleware: Callable[[Host], list[Middleware]],
+    ) -> None:
+        self.journal = journal
+        self.storage = storage
+        self.storage_url = storage.url
+        self.output_url_expires = output_url_expires
+        self.retention_seconds = retention_seconds
+        # Submissions are numbered per incarnation, so a report from an attempt that an
+        # earlier incarnation started can never pass for the current one.
+        self.incarnation = incarnation
+        self.submissions = 0
+        state, self.load_problems = journal.load()
+        self.queues: dict[str, dict[str, Any]] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.payloads: dict[str, str] = {}
+        records = []
+        for (kind, key), data in state.items():
+            if kind == "queue":
+                self.queues[key] = data
+            elif kind == "payload":
+                self.payloads[key] = data
+            elif kind == "task":
+                try:
+                    records.append(TaskRecord.from_json(data))
+                except (TypeError, ValueError, KeyError) as exc:
+                    self.load_problems.append(f"task {key} unreadable ({exc}); skipped")
+        for rec in sorted(records, key=lambda r: r.created_at):
+            self.tasks[rec.id] = rec
+        self.counts: Counter[str] = Counter()
+        self.running: Counter[str] = Counter()
+        for rec in self.tasks.values():
+            self.counts[rec.queue] += not rec.status.is_final
+            self.running[rec.queue] += rec.status is RUNNING
+        self.leases = Leases()
+        self.timers = Timers()
+        #: records of one queue definition with the same overrides share one (immutable) spec
+        self.specs: OrderedDict[tuple[str, str, str], TaskSpec] = OrderedDict()
+        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.watchers: dict[str, list[asyncio.Future[None]]] = {}
+        self.background: set[asyncio.Task[Any]] = set()
+        self.commits = GroupCommit(journal, _serialise, self._everything, lambda: len(self.tasks))
+        self.booted = False
+        self._writing = False
+        self._booting: asyncio.Future[None] | None = None
+        self.dispatch = dispatch(self)
+        self.hooks = middleware(self)
+
+    # ---- boot -------------------------------------------------------------------------
+
+    async def boot(self) -> None:
+        """Once per incarnation, before any call is answered: start the journal's writer,
+        load the functions (in a thread), resume every task that was not final. A task that
+        cannot resume fails alone, with its reason; a boot that raises is tried again by the
+        next call."""
+        if self.booted:
+            return
+        if self._booting is None:
+            if not self._writing:
+                self._writing = True
+                self.spawn(self.commits.run())
+            self._booting = asyncio.ensure_future(self._boot())
+        booting = self._booting
+        try:
+            await asyncio.shield(booting)
+        except Exception:
+            if self._booting is booting:
+                self._booting = None
+            raise
+
+    async def _boot(self) -> None:
+        live = [rec for rec in self.tasks.values() if not rec.status.is_final]
+        digests = {rec.spec.function for rec in live}
+        digests |= {q["spec"]["function"] for q in self.queues.values()}
+        problems = await asyncio.to_thread(self._load_functions, digests)
+        for rec in live:
+            try:
+                self._resume(rec, problems.get(rec.spec.function))
+            except Exception as exc:
+                log.exception("could not resume task %s", rec.id)
+                self.fail(rec, FAILED, f"could not resume after a registry restart: {exc}")
+        self.spawn(self.dispatch.upkeep())
+        for hook in self.hooks:
+            try:
+                hook.on_boot()
+            except Exception:
+                log.exception("hook %s failed at boot", type(hook).__name__)
+        self.booted = True
+
+    def _load_functions(self, digests: set[str]) -> dict[str, str]:
+        """Load each stored function; what went wrong, by digest (runs in a thread)."""
+        problems = {}
+        for digest in digests:
+            if self.dispatch.has_function(digest):
+                continue
+            try:
+                blob = self.journal.load_blob(f"{digest}.pkl")
+            except Exception as exc:
+                problems[digest] = f"the queue's function could not be loaded: {exc}"
+                continue
+            if blob is None:
+                problems[digest] = "the queue's function was not found in storage"
+            else:
+                self.dispatch.add_function(digest, blob)
+        return problems
+
+    def _resume(self, rec: TaskRecord, function_error: str | None) -> None:
+        reason = resume_decision(rec, rec.id in self.payloads, function_error)
+        if reason is not None:
+            self.fail(rec, FAILED, reason)
+            return
+        if rec.status is RUNNING:
+            rec.failure_reason = f"the registry restarted during attempt {rec.attempts}"
+            self._set_status(rec, RETRY)
+        if rec.status is PENDING:
+            self._hook("on_enqueued", rec)
+        self.dispatch.submit(rec)
+
+    # ---- the Host protocol ------------------------------------------------------------
+
+    def task(self, task_id: str) -> TaskRecord | None:
+        return self.tasks.get(task_id)
+
+    def records(self) -> Iterable[TaskRecord]:
+        return list(self.tasks.values())
+
+    def definition(self, queue: str) -> dict[str, Any] | None:
+        return self.queues.get(queue)
+
+    def payload(self, task_id: str) -> str | None:
+        return self.payloads.get(task_id)
+
+    def depth(self, queue: str) -> int:
+        return self.counts[queue]
+
+    def waiting(self, queue: str) -> int:
+        return self.counts[queue] - self.running[queue]
+
+    def new_run(self) -> str:
+        self.submissions += 1
+        return f"{self.incarnation}-{self.submissions}"
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+        return task
+
+    def stage(self, rec: TaskRecord) -> None:
+        self.commits.stage("task", rec.id, rec)
+
+    async def persist(self, *records: TaskRecord) -> None:
+        for rec in records:
+            self.stage(rec)
+        await self.commits.commit()
+
+    def forget(self, rec: TaskRecord) -> None:
+        if self.tasks.get(rec.id) is rec and rec.status.is_final:
+            del self.tasks[rec.id]
+            self.commits.stage("task", rec.id, None)
+
+    def public_outputs(self, rec: TaskRecord) -> list[dict[str, Any]]:
+        return [out for hook in self.hooks for out in hook.public_outputs(rec)]
+
+    def start(self, rec: TaskRecord, container_id: str | None, at: float | None = None) -> None:
+        rec.attempts += 1
+        rec.container_id = container_id or rec.container_id
+        self._set_status(rec, RUNNING)
+        if at is not None and rec.attempts == 1:
+            rec.started_at = min(at, rec.started_at or at)
+
+    async def settle(self, task_id: str, run: str, outcome: Outcome) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is None or not rec.is_live(run):
+            return
+        if rec.status is not RUNNING:  # the attempt never reported its start
+            self.start(rec, outcome["container_id"], outcome["started_at"])
+        rec.run = ""  # this submission is over: a late report from it must not count
+        # the record lists the outputs of the attempt that counts: the latest one
+        rec.outputs = list(outcome["outputs"])
+        if outcome["ok"]:
+            if isinstance(outcome["duration"], float):
+                self.dispatch.observe(rec.queue, outcome["duration"])
+            rec.result, rec.result_blob = outcome["result"], outcome["result_blob"]
+            rec.failure_reason = None
+            self._set_status(rec, COMPLETE)
+            await self._after_final(rec)
+            return
+        reason = outcome["error"] or "the attempt failed"
+        delays = [d for hook in self.hooks if (d := hook.retry_delay(rec, outcome)) is not None]
+        if not delays:
+            self.fail(rec, FAILED, reason)
+            return
+        rec.failure_reason = reason
+        self._set_status(rec, RETRY)
+        self.timers.later("retry", rec.id, min(delays), lambda: self._retry(task_id))
+
+    def _retry(self, task_id: str) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is not None and rec.status is RETRY and not rec.run:
+            self.dispatch.submit(rec)
+
+    def fail(self, rec: TaskRecord, status: TaskStatus, reason: str) -> None:
+        if rec.status.is_final:
+            return
+        if status not in TRANSITIONS[rec.status]:
+            status = CANCELLED  # a task that never ran cannot fail; it is called off instead
+        rec.failure_reason = reason
+        self.dispatch.stop(rec)
+        self._set_status(rec, status)
+        self.spawn(self._after_final(rec))
+
+    # ---- status changes: the one place counters, timers, waiters and hooks follow -------
+
+    def _set_status(self, rec: TaskRecord, new: TaskStatus) -> None:
+        old = rec.status
+        rec.transition(new)
+        # staged with every change, so a batch never holds a side effect of a status change
+        # (say, the deletion of a final task's arguments) without the status itself
+        self.stage(rec)
+        if new.is_final:
+            self.timers.cancel_all(rec.id)
+        elif old is PENDING:
+            self.timers.cancel("ttl", rec.id)  # a started task cannot expire
+        elif old is RUNNING:
+            self.timers.cancel("timeout", rec.id)  # an ended attempt cannot time out
+        for fut in self.watchers.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(None)
+        for hook in self.hooks:
+            try:
+                hook.on_transition(rec, old, new)
+            except Exception:
+                log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
+        self.running[rec.queue] += (new is RUNNING) - (old is RUNNING)
+        if new.is_final:
+            self.counts[rec.queue] -= 1
+            self.dispatch.ended(rec)
+            if self.payloads.pop(rec.id, None) is not None:
+                self.commits.stage("payload", rec.id, None)
+
+    async def _after_final(self, rec: TaskRecord) -> None:
+        await self.persist(rec)
+        for fut in self.waiters.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(None)
+        self._hook("on_final", rec)
+
+    def _hook(self, name: str, rec: TaskRecord) -> None:
+        for hook in self.hooks:
+            try:
+                getattr(hook, name)(rec)
+            except Exception:
+                log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
+
+    # ---- writes that Python, HTTP and the CLI call -----------------------------------
+
+    async def register_queue(self, definition: dict[str, Any], blob: bytes) -> None:
+        digest = definition["spec"]["function"]
+        await asyncio.to_thread(self.journal.store_blob, f"{digest}.pkl", blob)
+        self.dispatch.add_function(digest, blob)
+        self.queues[definition["name"]] = definition
+        self.commits.stage("queue", definition["name"], definition)
+        await self.commits.commit()
+
+    def admit(
+        self, queue: str, items: list[dict[str, Any]], client: str | None
+    ) -> list[TaskRecord]:
+        """New records for the items not stored yet, if the queue has room for them."""
+        definition = self._definition(queue)
+        new = [it for it in items if it["id"] not in self.tasks]
+        covered = min(self.leases.own(queue, client), len(new))
+        if len(new) - covered > self.free(queue):
+            cap = definition["max_pending_tasks"]
+            raise QueueFull(
+                f"queue {queue!r} holds {self.counts[queue]} unfinished tasks; its "
+                f"max_pending_tasks is {cap}, so {len(new)} more do not fit. Wait for tasks "
+                "to finish or raise max_pending_tasks."
+            )
+        if covered and client is not None:
+            self.leases.use(queue, client, covered)
+        now = time.time()
+        records = []
+        for item in new:
+            spec = self._spec(queue, definition, item.get("overrides") or {})
+            rec = TaskRecord(id=item["id"], queue=queue, spec=spec, created_at=now, updated_at=now)
+            self.tasks[rec.id] = rec
+            self.payloads[rec.id] = item["payload"]
+            self.commits.stage("payload", rec.id, item["payload"])
+            self.stage(rec)
+            self.counts[queue] += 1
+            records.append(rec)
+        return records
+
+    async def submit(
+        self, queue: str, items: list[dict[str, Any]], client: str | None = None
+    ) -> list[str]:
+        records = self.admit(queue, items, client)
+        await self.stored(records)
+        return [it["id"] for it in items]
+
+    async def submit_each(
+        self, calls: list[tuple[str, list[dict[str, Any]]]]
+    ) -> list[list[str] | RaybeamError]:
+        answers: list[list[str] | RaybeamError] = []
+        records: list[TaskRecord] = []
+        for queue, items in calls:
+            try:
+                records += self.admit(queue, items, None)
+            except RaybeamError as exc:
+                answers.append(exc)
+            else:
+                answers.append([it["id"] for it in items])
+        await self.stored(records)
+        return answers
+
+    async def stored(self, records: list[TaskRecord]) -> None:
+        """Wait until new records are stored, then start them."""
+        await self.commits.commit()
+        for rec in records:
+            if rec.status is PENDING:
+                self._hook("on_enqueued", rec)
+                self.dispatch.submit(rec)
+
+    def lease(self, queue: str, client: str, want: int) -> int:
+        self._definition(queue)
+        return self.leases.grant(queue, client, want, self.free(queue))
+
+    def _definition(self, queue: str) -> dict[str, Any]:
+        definition = self.queues.get(queue)
+        if definition is None:
+            raise QueueNotFound(f"no queue named {queue!r} is registered")
+        return definition
+
+    def free(self, queue: str) -> int:
+        """Slots of `queue` that neither unfinished tasks nor leases hold."""
+        cap: int = self.queues[queue]["max_pending_tasks"]
+        return cap - self.counts[queue] - self.leases.total(queue)
+
+    def _spec(self, queue: str, definition: dict[str, Any], overrides: dict[str, Any]) -> TaskSpec:
+        # keyed by the whole definition: a queue registered again with a new timeout,
+        # retries or resources (same code) gives its new tasks the new values
+        key = (queue, json.dumps(definition["spec"], sort_keys=True), json.dumps(overrides))
+        spec = self.specs.get(key)
+        if spec is None:
+            spec = self.specs[key] = TaskSpec(**{**definition["spec"], **overrides})
+            if len(self.specs) > SPEC_CACHE:
+                self.specs.popitem(last=False)
+        else:
+            self.specs.move_to_end(key)
+        return spec
+
+    def started(self, task_id: str, run: str, container_id: str) -> None:
+        """A worker began an attempt (reports from older submissions are ignored)."""
+        rec = self.tasks.get(task_id)
+        if rec is None or rec.run != run or rec.status not in (PENDING, RETRY):
+            return
+        self.start(rec, container_id)
+        self._hook("on_started", rec)
+
+    async def cancel(self, task_ids: list[str]) -> list[str]:
+        cancelled = []
+        for task_id in task_ids:
+            rec = self.tasks.get(task_id)
+            if rec is not None and not rec.status.is_final:
+                self.fail(rec, CANCELLED, "cancelled")
+                cancelled.append(task_id)
+        if cancelled:
+            await self.commits.commit()
+        return cancelled
+
+    def _everything(self) -> list[tuple[str, str, Any]]:
+        """Every live (kind, key, value), for a snapshot; values are serialised later."""
+        entries: list[tuple[str, str, Any]] = [("queue", k, v) for k, v in self.queues.items()]
+        entries += [("payload", k, v) for k, v in self.payloads.items()]
+        entries += [("task", r.id, r) for r in self.tasks.values()]
+        return entries
+
+
+def _serialise(value: Any) -> Any:
+    if isinstance(value, TaskRecord):
+        return value.to_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value

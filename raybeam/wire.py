@@ -1,0 +1,98 @@
+"""What travels between the registry and its workers, defined once: an attempt handed out,
+the outcome that comes back, the codecs for arguments and return values, and the constants
+both sides agree on. The bottom layer: it imports nothing of raybeam's."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from typing import Any, TypedDict
+
+import cloudpickle
+
+#: seconds an attempt runs before the registry hears that it started (status RUNNING)
+START_REPORT_DELAY = 0.1
+
+
+@dataclasses.dataclass
+class Attempt:
+    """One submission of a task, as the registry hands it to a worker."""
+
+    task_id: str
+    queue: str
+    run: str
+    attempt: int
+    payload: str
+    callback_url: str | None
+    timeout: int
+    storage_url: str
+
+    def fields(self) -> tuple[Any, ...]:
+        """The attempt as plain values: Ray sends those without pickling."""
+        return tuple(getattr(self, f) for f in _ATTEMPT_FIELDS)
+
+
+_ATTEMPT_FIELDS = [f.name for f in dataclasses.fields(Attempt)]
+
+
+class Outcome(TypedDict):
+    """How an attempt ended, as a worker (or the dispatcher, for a system failure) reports it.
+
+    A TypedDict, so it crosses Ray as a plain dict at no pickling cost."""
+
+    ok: bool
+    #: the return value when it is JSON, else None (see `result_blob`)
+    result: Any
+    #: base64 of the pickled return value when it is not JSON
+    result_blob: str | None
+    #: the traceback or system failure; None when ok
+    error: str | None
+    retryable: bool
+    #: outputs saved during the attempt: dicts of id, name, key, size
+    outputs: list[dict[str, Any]]
+    #: where it ran (Ray worker or actor id); None when unknown
+    container_id: str | None
+    #: unix seconds the attempt began; None when it never reported
+    started_at: float | None
+    #: seconds the handler ran; None when unknown
+    duration: float | None
+
+
+def succeeded(value: Any, outputs: list[dict[str, Any]]) -> Outcome:
+    result, blob = encode_result(value)
+    return Outcome(
+        ok=True, result=result, result_blob=blob, error=None, retryable=False,
+        outputs=outputs, container_id=None, started_at=None, duration=None,
+    )  # fmt: skip
+
+
+def failed(error: str, retryable: bool, outputs: list[dict[str, Any]] | None = None) -> Outcome:
+    return Outcome(
+        ok=False, result=None, result_blob=None, error=error, retryable=retryable,
+        outputs=list(outputs or []), container_id=None, started_at=None, duration=None,
+    )  # fmt: skip
+
+
+def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    return base64.b64encode(cloudpickle.dumps((args, kwargs))).decode()
+
+
+def decode_payload(payload: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args, kwargs = cloudpickle.loads(base64.b64decode(payload))
+    return tuple(args), dict(kwargs)
+
+
+def encode_result(value: Any) -> tuple[Any, str | None]:
+    """The value as JSON when it is JSON, else None plus the pickled value."""
+    try:
+        json.dumps(value, allow_nan=False)
+        return value, None
+    except (TypeError, ValueError):
+        return None, base64.b64encode(cloudpickle.dumps(value)).decode()
+
+
+def decode_result(result: Any, blob: str | None) -> Any:
+    if blob is not None:
+        return cloudpickle.loads(base64.b64decode(blob))
+    return result
