@@ -317,8 +317,6 @@ def test_finished_tasks_leave_no_timers_behind(unique_name: str) -> None:
     registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
     ids = {t.id for t in tasks}
     left = ray.get(
-        registry.__ray_call__.remote(
-            lambda self: [i for i in ids if self.core.timers.has(i)]
-        )
+        registry.__ray_call__.remote(lambda self: [i for i in ids if self.core.timers.has(i)])
     )
     assert left == []

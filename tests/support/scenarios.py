@@ -26,6 +26,9 @@ def run_scenario(
     environ.update(env or {}, RAYBEAM_STORAGE=storage)
     # Ray's socket paths must stay short, so its temp dir lives under /tmp.
     environ["RB_SCENARIO_TMP"] = scratch = tempfile.mkdtemp(prefix="rbs-", dir="/tmp")
+    # ray.cluster_utils.Cluster notes its address in /tmp/ray whatever its temp dir, and fails
+    # when that folder is missing (as on a machine where no Ray ran with its defaults)
+    os.makedirs("/tmp/ray", exist_ok=True)
     try:
         out = subprocess.run(
             [sys.executable, str(SCENARIOS / f"{name}.py"), *args],

@@ -1,0 +1,349 @@
+"""The registry core without Ray: a real journal on a temp folder, a fake dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raybeam import middleware
+from raybeam.core import RESTART_ALLOWANCE, SPEC_CACHE, RegistryCore, resume_decision
+from raybeam.errors import QueueFull, QueueNotFound
+from raybeam.host import Host
+from raybeam.journal import Journal
+from raybeam.middleware.retries import Retries, backoff
+from raybeam.reads import Reads
+from raybeam.record import TaskRecord, TaskSpec, TaskStatus
+from raybeam.storage import Storage
+from raybeam.wire import Outcome, failed, succeeded
+
+S = TaskStatus
+
+
+class FakeDispatch:
+    """Records what the core hands out; nothing runs."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.functions: dict[str, bytes] = {}
+        self.submitted: list[tuple[str, str]] = []
+        self.stopped: list[str] = []
+
+    def add_function(self, digest: str, blob: bytes) -> None:
+        self.functions[digest] = blob
+
+    def has_function(self, digest: str) -> bool:
+        return digest in self.functions
+
+    def submit(self, rec: TaskRecord) -> None:
+        rec.run = self.host.new_run()
+        self.submitted.append((rec.id, rec.run))
+
+    def stop(self, rec: TaskRecord) -> None:
+        self.stopped.append(rec.id)
+
+    def ended(self, rec: TaskRecord) -> None:
+        pass
+
+    def observe(self, queue: str, duration: float) -> None:
+        pass
+
+    def containers(self, queue: str) -> int | None:
+        return None
+
+    async def upkeep(self) -> None:
+        await asyncio.Event().wait()
+
+
+def definition(name: str = "q", cap: int = 100, **spec: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "spec": dataclasses.asdict(TaskSpec(function=spec.pop("function", "f1"), **spec)),
+        "max_pending_tasks": cap,
+        "authorized": True,
+        "params": [],
+        "warm": None,
+    }
+
+
+def item(task_id: str, **overrides: Any) -> dict[str, Any]:
+    return {"id": task_id, "payload": "p", "overrides": overrides}
+
+
+def make_core(root: Path) -> RegistryCore:
+    storage = Storage(str(root / "storage"), signing_key="k")
+    return RegistryCore(
+        Journal(storage.fs, storage.path("registry")),
+        storage,
+        output_url_expires=3600,
+        retention_seconds=86400,
+        incarnation="test",
+        dispatch=FakeDispatch,
+        middleware=middleware.default,
+    )
+
+
+def run(root: Path, scenario: Callable[[RegistryCore], Awaitable[None]]) -> None:
+    async def main() -> None:
+        core = make_core(root)
+        await core.boot()
+        try:
+            await scenario(core)
+        finally:
+            for task in list(core.background):
+                task.cancel()
+            await asyncio.gather(*core.background, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def dispatched(core: RegistryCore) -> FakeDispatch:
+    assert isinstance(core.dispatch, FakeDispatch)
+    return core.dispatch
+
+
+def ok(value: Any = 1) -> Outcome:
+    return succeeded(value, [])
+
+
+# ---- admission and leases -------------------------------------------------------------
+
+
+def test_admission_refuses_past_the_cap_and_counts_leases(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(cap=4), b"blob")
+        with pytest.raises(QueueNotFound):
+            await core.submit("nope", [item("x")])
+        assert await core.submit("q", [item("a"), item("b")]) == ["a", "b"]
+        assert await core.submit("q", [item("a")]) == ["a"]  # idempotent by id
+        assert core.depth("q") == 2
+        assert core.lease("q", "c1", 8) == 1  # half the free room at most
+        with pytest.raises(QueueFull, match="max_pending_tasks is 4"):
+            await core.submit("q", [item("c"), item("d")])  # one slot is leased to c1
+        await core.submit("q", [item("c")])  # the last free slot
+        await core.submit("q", [item("d")], client="c1")  # c1's leased slot
+        assert core.depth("q") == 4
+        with pytest.raises(QueueFull):
+            await core.submit("q", [item("e")], client="c1")
+        assert [t for t, _ in dispatched(core).submitted] == ["a", "b", "c", "d"]
+
+    run(tmp_path, scenario)
+
+
+# ---- transitions and their side effects -------------------------------------------------
+
+
+def test_a_task_walks_to_complete_with_counters_timers_and_waiters(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(timeout=60), b"blob")
+        await core.submit("q", [item("a")])
+        assert core.timers.has("a")  # the ttl
+        (_, run_id), *_ = dispatched(core).submitted
+        core.started("a", run_id, "worker-1")
+        assert core.running["q"] == 1 and ("timeout", "a") in core.timers.handles
+        assert ("ttl", "a") not in core.timers.handles  # a started task cannot expire
+        waiter = asyncio.ensure_future(Reads(core).wait_final("a", 10))
+        await asyncio.sleep(0)
+        await core.settle("a", run_id, ok({"x": 1}))
+        info = await waiter
+        assert info is not None and info["status"] == "COMPLETE" and info["result"] == {"x": 1}
+        assert core.depth("q") == 0 and core.running["q"] == 0
+        assert not core.timers.has("a") and "a" not in core.payloads
+        assert not core.waiters and not core.watchers
+        await core.settle("a", run_id, ok(2))  # a late report changes nothing
+        assert core.tasks["a"].result == {"x": 1}
+
+    run(tmp_path, scenario)
+
+
+def test_stale_reports_are_ignored(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(), b"blob")
+        await core.submit("q", [item("a")])
+        core.started("a", "another-run", "w")
+        assert core.tasks["a"].status is S.PENDING
+
+    run(tmp_path, scenario)
+
+
+def test_reads_wait_for_the_change_to_be_stored(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        await core.register_queue(definition(), b"blob")
+        await core.submit("q", [item("a")])
+        (_, run_id), *_ = dispatched(core).submitted
+        core.commits.held = True
+        settling = asyncio.ensure_future(core.settle("a", run_id, ok()))
+        await asyncio.sleep(0.05)
+        assert core.tasks["a"].status is S.COMPLETE  # in memory only
+        for read in (
+            reads.get("a"),
+            reads.statuses(["a"]),
+            reads.wait_final("a", 0.01),
+            reads.watch("a", "PENDING", 0.01),
+            reads.list("q", None, 10, None),
+            reads.wait_any(["a"], 0.01),
+        ):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(read, 0.2)
+        core.commits.held = False
+        info = await asyncio.wait_for(reads.get("a"), 5)
+        assert info is not None and info["status"] == "COMPLETE"
+        await settling
+
+    run(tmp_path, scenario)
+
+
+# ---- retries ---------------------------------------------------------------------------
+
+
+def test_retry_decisions() -> None:
+    rec = TaskRecord(id="a", queue="q", spec=TaskSpec(function="f", retries=2))
+    hook = Retries(host=None)  # type: ignore[arg-type]
+    rec.attempts = 1
+    assert hook.retry_delay(rec, failed("boom", retryable=True)) == backoff(1)
+    assert hook.retry_delay(rec, failed("boom", retryable=False)) is None
+    rec.attempts = 3  # the first attempt and both retries
+    assert hook.retry_delay(rec, failed("boom", retryable=True)) is None
+    assert [backoff(n) for n in (1, 2, 3)] == [0.25, 0.5, 1.0] and backoff(20) == 10.0
+
+
+def test_a_failed_attempt_retries_after_the_backoff_then_fails(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(retries=1), b"blob")
+        await core.submit("q", [item("a")])
+        sent = dispatched(core).submitted
+        await core.settle("a", sent[-1][1], failed("first", retryable=True))
+        rec = core.tasks["a"]
+        assert rec.status is S.RETRY and rec.attempts == 1 and len(sent) == 1
+        await asyncio.sleep(backoff(1) + 0.1)
+        assert len(sent) == 2  # resubmitted once the backoff passed
+        await core.settle("a", sent[-1][1], failed("second", retryable=True))
+        assert rec.status is S.FAILED and rec.failure_reason == "second"
+        assert rec.attempts == 2 and core.depth("q") == 0
+
+    run(tmp_path, scenario)
+
+
+def test_a_task_waiting_to_retry_can_fail_and_be_cancelled(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(retries=3), b"blob")
+        await core.submit("q", [item("a"), item("b")])
+        for task_id, run_id in list(dispatched(core).submitted):
+            await core.settle(task_id, run_id, failed("x", retryable=True))
+        core.fail(core.tasks["a"], S.FAILED, "given up")  # RETRY -> FAILED is allowed
+        assert await core.cancel(["b"]) == ["b"]
+        assert core.tasks["a"].status is S.FAILED and core.tasks["b"].status is S.CANCELLED
+        await asyncio.sleep(backoff(1) + 0.1)
+        assert len(dispatched(core).submitted) == 2  # no retry timer outlived them
+
+    run(tmp_path, scenario)
+
+
+def test_a_pending_task_that_cannot_run_is_cancelled_with_its_reason(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(), b"blob")
+        await core.submit("q", [item("a")])
+        core.fail(core.tasks["a"], S.FAILED, "its function is gone")
+        assert core.tasks["a"].status is S.CANCELLED
+        assert core.tasks["a"].failure_reason == "its function is gone"
+
+    run(tmp_path, scenario)
+
+
+# ---- restarts --------------------------------------------------------------------------
+
+
+def test_resume_decisions() -> None:
+    rec = TaskRecord(id="a", queue="q", spec=TaskSpec(function="f", retries=1))
+    assert resume_decision(rec, has_payload=True, function_error=None) is None
+    assert "arguments" in str(resume_decision(rec, has_payload=False, function_error=None))
+    assert resume_decision(rec, True, "the function is gone") == "the function is gone"
+    rec.status, rec.attempts = S.RUNNING, 1 + 1 + RESTART_ALLOWANCE
+    assert "last allowed" in str(resume_decision(rec, True, None))
+    rec.attempts -= 1
+    assert resume_decision(rec, True, None) is None
+
+
+def test_one_task_that_cannot_resume_fails_alone(tmp_path: Path) -> None:
+    async def first(core: RegistryCore) -> None:
+        await core.register_queue(definition(), b"blob")
+        await core.register_queue(definition("broken", function="f2"), b"blob2")
+        await core.submit("q", [item("ok"), item("running"), item("no-args")])
+        await core.submit("broken", [item("no-fn")])
+        sent = dict(dispatched(core).submitted)
+        core.started("running", sent["running"], "w")
+        del core.payloads["no-args"]
+        core.commits.stage("payload", "no-args", None)
+        await core.persist(core.tasks["running"])
+
+    run(tmp_path, first)
+    (tmp_path / "storage" / "registry" / "blobs" / "f2.pkl").unlink()
+
+    async def second(core: RegistryCore) -> None:
+        assert core.booted
+        statuses = {t: r.status for t, r in core.tasks.items()}
+        assert statuses == {"ok": S.PENDING, "running": S.RETRY,
+                            "no-args": S.CANCELLED, "no-fn": S.CANCELLED}  # fmt: skip
+        assert "arguments" in str(core.tasks["no-args"].failure_reason)
+        assert "not found" in str(core.tasks["no-fn"].failure_reason)
+        assert sorted(t for t, _ in dispatched(core).submitted) == ["ok", "running"]
+        assert core.tasks["running"].failure_reason == "the registry restarted during attempt 1"
+
+    run(tmp_path, second)
+
+
+def test_a_boot_that_raises_is_tried_again(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        core = make_core(tmp_path)
+        calls = 0
+        real = core._load_functions
+
+        def flaky(digests: set[str]) -> dict[str, str]:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise OSError("storage away")
+            return real(digests)
+
+        core._load_functions = flaky  # type: ignore[method-assign]
+        with pytest.raises(OSError):
+            await core.boot()
+        assert not core.booted
+        await core.boot()
+        assert core.booted and calls == 2
+        for task in list(core.background):
+            task.cancel()
+        await asyncio.gather(*core.background, return_exceptions=True)
+
+    asyncio.run(scenario())
+
+
+# ---- queue definitions -----------------------------------------------------------------
+
+
+def test_a_queue_registered_again_gives_new_tasks_its_new_settings(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(timeout=10, retries=1), b"blob")
+        await core.submit("q", [item("old")])
+        await core.register_queue(definition(timeout=20, retries=5), b"blob")
+        await core.submit("q", [item("new"), item("override", timeout=7)])
+        assert (core.tasks["old"].spec.timeout, core.tasks["old"].spec.retries) == (10, 1)
+        assert (core.tasks["new"].spec.timeout, core.tasks["new"].spec.retries) == (20, 5)
+        assert core.tasks["override"].spec.timeout == 7
+
+    run(tmp_path, scenario)
+
+
+def test_the_spec_cache_is_bounded(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        await core.register_queue(definition(cap=10_000), b"blob")
+        for n in range(SPEC_CACHE + 50):
+            core.admit("q", [item(f"t{n}", callback_url=f"https://example.com/{n}")], None)
+        assert len(core.specs) == SPEC_CACHE
+
+    run(tmp_path, scenario)

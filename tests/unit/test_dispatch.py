@@ -1,0 +1,98 @@
+"""Dispatch decisions without Ray: packing, the autoscaler request, webhook resumption."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raybeam.containers import ContainerPool, ResourceDemand
+from raybeam.dispatch import PACK_BELOW, PACK_MAX, pack_size
+from raybeam.middleware.webhooks import Webhooks
+from raybeam.wire import Attempt
+
+
+def test_pack_sizes() -> None:
+    cpu = {"num_cpus": 1}
+    assert pack_size(None, 1000, 4, cpu) == 1  # task length unknown
+    assert pack_size(PACK_BELOW * 2, 1000, 4, cpu) == 1  # not tiny
+    assert pack_size(0.0001, 1000, 4, {"num_cpus": 1, "num_gpus": 1}) == 1  # GPU tasks
+    assert pack_size(0.0001, 1000, 4, cpu) == PACK_MAX
+    assert pack_size(0.001, 1000, 4, cpu) == 5  # a pack runs about PACK_BELOW seconds
+    assert pack_size(0.0001, 8, 4, cpu) == 2  # a small backlog is spread over the CPUs
+    assert pack_size(0.0001, 8, 4, {"num_cpus": 0.5}) == 1
+
+
+class Host:
+    def __init__(self) -> None:
+        self.queue_depth = 0
+
+    def depth(self, queue: str) -> int:
+        return self.queue_depth
+
+    def task(self, task_id: str) -> None:
+        return None
+
+
+def pool(host: Host, max_containers: int = 4) -> ContainerPool:
+    warm = {
+        "keep_warm_seconds": 1,
+        "workers": 1,
+        "autoscaler": {"min_containers": 0, "max_containers": max_containers,
+                       "tasks_per_container": 1},
+    }  # fmt: skip
+    p = ContainerPool(host, "q", warm, watch=None)  # type: ignore[arg-type]
+    attempt = Attempt("t", "q", "r", 1, "p", None, 60, "")
+    p.waiting.append(type("W", (), {"attempt": attempt})())  # type: ignore[arg-type]
+    p.bundle = {"CPU": 2.0, "GPU": 1.0}
+    return p
+
+
+def test_one_request_for_all_pools_that_falls_with_the_demand() -> None:
+    sent: list[list[dict[str, float]]] = []
+    demand = ResourceDemand(request=sent.append)
+    a_host, b_host = Host(), Host()
+    a, b = pool(a_host), pool(b_host, max_containers=1)
+
+    def tick() -> None:
+        bundles = demand.due([x for p in (a, b) for x in p.demand()])
+        if bundles is not None:
+            demand.send(bundles)
+
+    tick()
+    assert sent == []  # nothing wanted, nothing sent
+    a_host.queue_depth, b_host.queue_depth = 3, 5
+    tick()
+    tick()  # unchanged: not sent again
+    assert sent == [[{"CPU": 2.0, "GPU": 1.0}] * 4]
+    a_host.queue_depth = 1
+    tick()
+    assert sent[-1] == [{"CPU": 2.0, "GPU": 1.0}] * 2
+    a_host.queue_depth = b_host.queue_depth = 0
+    tick()
+    assert sent[-1] == []  # lowered to nothing: the cluster may shrink
+
+
+def test_a_retired_pool_never_grows() -> None:
+    host = Host()
+    host.queue_depth = 10
+    p = pool(host)
+    p.retire()
+    assert p.wanted() == 1  # one container to serve what waits
+    p.waiting.clear()
+    assert p.wanted() == 0 and p.demand() == []
+
+
+def test_a_failing_request_is_swallowed() -> None:
+    def refuse(bundles: Any) -> None:
+        raise RuntimeError("no autoscaler")
+
+    ResourceDemand(request=refuse).send([{"CPU": 1.0}])
+
+
+def test_unfinished_webhooks_resume() -> None:
+    hook = Webhooks(host=None)  # type: ignore[arg-type]
+    assert hook._unfinished(None)
+    one_failed = {"url": "u", "delivered": False, "attempts": [{"status_code": 503}]}
+    assert hook._unfinished(one_failed)
+    assert not hook._unfinished({**one_failed, "delivered": True})
+    spent = {"url": "u", "delivered": False, "attempts": [{"error": "x"}] * 3}
+    assert not hook._unfinished(spent)
