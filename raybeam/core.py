@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from raybeam.errors import QueueFull, QueueNotFound, RaybeamError
+from raybeam.admission import SpecCache, check_room
+from raybeam.errors import QueueNotFound, RaybeamError
 from raybeam.host import Dispatch, Host, Timers
 from raybeam.journal import GroupCommit, Journal
 from raybeam.leases import Leases
-from raybeam.record import TRANSITIONS, TaskRecord, TaskSpec, TaskStatus
+from raybeam.record import TRANSITIONS, TaskRecord, TaskStatus
+from raybeam.recovery import load_functions, resume_decision
 from raybeam.wire import Outcome
 
 if TYPE_CHECKING:
@@ -31,24 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raybeam.registry")
 
-#: attempts cut short by a registry restart beyond `retries` before a task is given up
-RESTART_ALLOWANCE = 3
-#: distinct (queue definition, overrides) pairs whose shared TaskSpec is kept
-SPEC_CACHE = 1024
 RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
 CANCELLED, FAILED, COMPLETE = TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.COMPLETE
-
-
-def resume_decision(rec: TaskRecord, has_payload: bool, function_error: str | None) -> str | None:
-    """Why a restarted registry cannot run a task that was not final, or None to run it."""
-    if not has_payload:
-        return "its arguments were not found in storage"
-    if function_error is not None:
-        return function_error
-    if rec.status is RUNNING and rec.attempts > rec.spec.retries + RESTART_ALLOWANCE:
-        # a task whose attempts keep taking the registry down (say, by memory)
-        return f"the registry restarted during attempt {rec.attempts}, its last allowed one"
-    return None
 
 
 class RegistryCore:
@@ -96,8 +81,7 @@ class RegistryCore:
             self.running[rec.queue] += rec.status is RUNNING
         self.leases = Leases()
         self.timers = Timers()
-        #: records of one queue definition with the same overrides share one (immutable) spec
-        self.specs: OrderedDict[tuple[str, str, str], TaskSpec] = OrderedDict()
+        self.specs = SpecCache()
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.background: set[asyncio.Task[Any]] = set()
@@ -134,7 +118,7 @@ class RegistryCore:
         live = [rec for rec in self.tasks.values() if not rec.status.is_final]
         digests = {rec.spec.function for rec in live}
         digests |= {q["spec"]["function"] for q in self.queues.values()}
-        problems = await asyncio.to_thread(self._load_functions, digests)
+        problems = await asyncio.to_thread(load_functions, self.journal, self.dispatch, digests)
         for rec in live:
             try:
                 self._resume(rec, problems.get(rec.spec.function))
@@ -148,23 +132,6 @@ class RegistryCore:
             except Exception:
                 log.exception("hook %s failed at boot", type(hook).__name__)
         self.booted = True
-
-    def _load_functions(self, digests: set[str]) -> dict[str, str]:
-        """Load each stored function; what went wrong, by digest (runs in a thread)."""
-        problems = {}
-        for digest in digests:
-            if self.dispatch.has_function(digest):
-                continue
-            try:
-                blob = self.journal.load_blob(f"{digest}.pkl")
-            except Exception as exc:
-                problems[digest] = f"the queue's function could not be loaded: {exc}"
-                continue
-            if blob is None:
-                problems[digest] = "the queue's function was not found in storage"
-            else:
-                self.dispatch.add_function(digest, blob)
-        return problems
 
     def _resume(self, rec: TaskRecord, function_error: str | None) -> None:
         reason = resume_decision(rec, rec.id in self.payloads, function_error)
@@ -332,19 +299,13 @@ class RegistryCore:
         definition = self._definition(queue)
         new = [it for it in items if it["id"] not in self.tasks]
         covered = min(self.leases.own(queue, client), len(new))
-        if len(new) - covered > self.free(queue):
-            cap = definition["max_pending_tasks"]
-            raise QueueFull(
-                f"queue {queue!r} holds {self.counts[queue]} unfinished tasks; its "
-                f"max_pending_tasks is {cap}, so {len(new)} more do not fit. Wait for tasks "
-                "to finish or raise max_pending_tasks."
-            )
+        check_room(queue, definition, self.counts[queue], len(new), covered, self.free(queue))
         if covered and client is not None:
             self.leases.use(queue, client, covered)
         now = time.time()
         records = []
         for item in new:
-            spec = self._spec(queue, definition, item.get("overrides") or {})
+            spec = self.specs.get(queue, definition, item.get("overrides") or {})
             rec = TaskRecord(id=item["id"], queue=queue, spec=spec, created_at=now, updated_at=now)
             self.tasks[rec.id] = rec
             self.payloads[rec.id] = item["payload"]
@@ -398,19 +359,6 @@ class RegistryCore:
         """Slots of `queue` that neither unfinished tasks nor leases hold."""
         cap: int = self.queues[queue]["max_pending_tasks"]
         return cap - self.counts[queue] - self.leases.total(queue)
-
-    def _spec(self, queue: str, definition: dict[str, Any], overrides: dict[str, Any]) -> TaskSpec:
-        # keyed by the whole definition: a queue registered again with a new timeout,
-        # retries or resources (same code) gives its new tasks the new values
-        key = (queue, json.dumps(definition["spec"], sort_keys=True), json.dumps(overrides))
-        spec = self.specs.get(key)
-        if spec is None:
-            spec = self.specs[key] = TaskSpec(**{**definition["spec"], **overrides})
-            if len(self.specs) > SPEC_CACHE:
-                self.specs.popitem(last=False)
-        else:
-            self.specs.move_to_end(key)
-        return spec
 
     def started(self, task_id: str, run: str, container_id: str) -> None:
         """A worker began an attempt (reports from older submissions are ignored)."""

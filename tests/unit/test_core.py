@@ -11,13 +11,15 @@ from typing import Any
 import pytest
 
 from raybeam import middleware
-from raybeam.core import RESTART_ALLOWANCE, SPEC_CACHE, RegistryCore, resume_decision
+from raybeam.admission import SPEC_CACHE
+from raybeam.core import RegistryCore
 from raybeam.errors import QueueFull, QueueNotFound
 from raybeam.host import Host
 from raybeam.journal import Journal
 from raybeam.middleware.retries import Retries, backoff
 from raybeam.reads import Reads
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
+from raybeam.recovery import RESTART_ALLOWANCE, resume_decision
 from raybeam.storage import Storage
 from raybeam.wire import Outcome, failed, succeeded
 
@@ -297,25 +299,30 @@ def test_one_task_that_cannot_resume_fails_alone(tmp_path: Path) -> None:
     run(tmp_path, second)
 
 
-def test_a_boot_that_raises_is_tried_again(tmp_path: Path) -> None:
+def test_a_boot_that_raises_is_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import raybeam.core
+
+    calls = 0
+    real = raybeam.core.load_functions
+
+    def flaky(*args: Any) -> dict[str, str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError("storage away")
+        return real(*args)
+
+    monkeypatch.setattr(raybeam.core, "load_functions", flaky)
+
     async def scenario() -> None:
         core = make_core(tmp_path)
-        calls = 0
-        real = core._load_functions
-
-        def flaky(digests: set[str]) -> dict[str, str]:
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                raise OSError("storage away")
-            return real(digests)
-
-        core._load_functions = flaky  # type: ignore[method-assign]
         with pytest.raises(OSError):
             await core.boot()
         assert not core.booted
         await core.boot()
         assert core.booted and calls == 2
+        writers = [t for t in core.background if "run" in repr(t.get_coro())]
+        assert len(writers) == 1  # one journal writer, whatever the tries
         for task in list(core.background):
             task.cancel()
         await asyncio.gather(*core.background, return_exceptions=True)

@@ -1,0 +1,43 @@
+"""The worker side without a cluster: start reports go to the registry of the moment."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from raybeam import runner
+
+
+class Handle:
+    def __init__(self, name: str, log: list[tuple[str, str]]) -> None:
+        self.name, self.log = name, log
+
+    @property
+    def started(self) -> Any:
+        handle = self
+
+        class Method:
+            @staticmethod
+            def remote(task_id: str, run: str, container_id: str) -> None:
+                handle.log.append((handle.name, task_id))
+
+        return Method
+
+
+def test_each_report_finds_the_registry_afresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    log: list[tuple[str, str]] = []
+    current = [Handle("first", log)]
+    monkeypatch.setattr(runner.ray, "get_actor", lambda name, namespace: current[0])
+    runner._report_starts([(("a", "r1"), "w")])
+    current[0] = Handle("restarted", log)  # the registry died and came back
+    runner._report_starts([(("b", "r2"), "w"), (("c", "r3"), "w")])
+    assert log == [("first", "a"), ("restarted", "b"), ("restarted", "c")]
+
+
+def test_no_registry_loses_the_report_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str, namespace: str) -> Any:
+        raise ValueError("no actor")
+
+    monkeypatch.setattr(runner.ray, "get_actor", missing)
+    runner._report_starts([(("a", "r1"), "w")])  # the outcome carries the start instead
