@@ -12,6 +12,7 @@ from raybeam.config import configure, settings
 from raybeam.containers import QueueDepthAutoscaler
 from raybeam.context import TaskContext
 from raybeam.errors import (
+    IdempotencyConflict,
     InvalidArguments,
     InvalidConfiguration,
     InvalidOutputPath,
@@ -22,14 +23,16 @@ from raybeam.errors import (
     TaskCancelled,
     TaskExpired,
     TaskFailed,
+    TaskNotFinal,
     TaskNotFound,
     TaskTimeout,
 )
 from raybeam.image import Image
 from raybeam.outputs import Output, OutputFile
+from raybeam.policy import Retries
 from raybeam.queue import TaskQueue, task_queue
 from raybeam.record import TaskStatus
-from raybeam.task import Task, get_task, list_tasks, wait
+from raybeam.task import Task, get_task, list_tasks, retry_tasks, wait
 from raybeam.webhooks import InvalidCallbackUrl, InvalidWebhookSignature, verify_webhook
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "QueueDepthAutoscaler",
     "Image",
     "TaskContext",
+    "Retries",
     "Output",
     "OutputFile",
     # reading tasks
@@ -46,6 +50,7 @@ __all__ = [
     "TaskStatus",
     "get_task",
     "list_tasks",
+    "retry_tasks",
     "wait",
     # configuration and webhooks
     "configure",
@@ -58,6 +63,8 @@ __all__ = [
     "TaskTimeout",
     "TaskExpired",
     "QueueFull",
+    "IdempotencyConflict",
+    "TaskNotFinal",
     "QueueNotFound",
     "TaskNotFound",
     "InvalidOutputPath",

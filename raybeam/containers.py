@@ -11,8 +11,10 @@ autoscaler one request for all pools together.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import dataclasses
+import itertools
 import logging
 import math
 import threading
@@ -112,12 +114,17 @@ class Slot:
     idle_since: float = dataclasses.field(default_factory=time.monotonic)
 
 
+_arrivals = itertools.count()
+
+
 @dataclasses.dataclass
 class Waiting:
     attempt: Attempt
     digest: str
     blob: Any
     options: dict[str, Any]
+    #: the line's order: higher priority first, then first come
+    order: tuple[int, int] = dataclasses.field(default=(0, 0))
 
 
 def _request_resources(bundles: list[dict[str, float]]) -> None:
@@ -178,12 +185,24 @@ class ContainerPool:
     def retire(self) -> None:
         self.retired = True
 
-    def enqueue(self, attempt: Attempt, digest: str, blob: Any, options: dict[str, Any]) -> None:
+    def enqueue(
+        self,
+        attempt: Attempt,
+        digest: str,
+        blob: Any,
+        options: dict[str, Any],
+        priority: int = 0,
+    ) -> None:
         if self.bundle is None:
             self.bundle = {"CPU": float(options.get("num_cpus", 1))}
             if options.get("num_gpus"):
                 self.bundle["GPU"] = float(options["num_gpus"])
-        self.waiting.append(Waiting(attempt, digest, blob, options))
+        waiting = Waiting(attempt, digest, blob, options, (-priority, next(_arrivals)))
+        if not self.waiting or self.waiting[-1].order <= waiting.order:
+            self.waiting.append(waiting)
+        else:  # a higher priority than the last in line: it goes before the lower ones
+            index = bisect.bisect_right([w.order for w in self.waiting], waiting.order)
+            self.waiting.insert(index, waiting)
         self.pump()
 
     def _current(self, attempt: Attempt) -> TaskRecord | None:

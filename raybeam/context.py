@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from raybeam.errors import OutsideTask
+
+log = logging.getLogger("raybeam.context")
 
 
 @dataclasses.dataclass
@@ -28,6 +32,53 @@ class TaskContext:
     storage_url: str = ""
     #: outputs saved during this attempt: dicts of id, name, key, size; the registry records them
     saved_outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: the latest value given to `progress()`; it travels with the attempt's outcome
+    last_progress: Any = None
+    #: set by the worker: sends a progress value towards the registry, coalesced
+    report_progress: Callable[[Any], None] | None = dataclasses.field(default=None, repr=False)
+
+    def progress(self, value: Any) -> None:
+        """Tell the caller how far the task is: a number in [0, 1] or a small JSON object
+        (at most 4 KiB). Shown on the record, in SSE `progress` events and in the webhook.
+        Calls are coalesced (a few stores a second); a bad value is logged, never raised.
+
+        >>> for i, item in enumerate(items):  # doctest: +SKIP
+        ...     context.progress((i + 1) / len(items))
+        """
+        try:
+            value = check_progress(value)
+        except ValueError as exc:
+            log.warning("task %s: progress ignored: %s", self.task_id, exc)
+            return
+        self.last_progress = value
+        if self.report_progress is not None:
+            try:
+                self.report_progress(value)
+            except Exception:
+                log.warning("task %s: progress not sent", self.task_id, exc_info=True)
+
+
+#: the largest progress object, as JSON
+MAX_PROGRESS = 4096
+
+
+def check_progress(value: Any) -> Any:
+    """`value` if it is a progress value: a number in [0, 1] or a JSON object ≤ 4 KiB."""
+    if isinstance(value, bool):
+        raise ValueError(f"progress must be a number in [0, 1] or a JSON object, got {value!r}")
+    if isinstance(value, (int, float)):
+        if not 0 <= value <= 1:
+            raise ValueError(f"a progress number must be in [0, 1], got {value!r}")
+        return float(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"progress must be a number in [0, 1] or a JSON object, got {value!r}")
+    try:
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a progress object must be JSON: {exc}") from None
+    if len(text.encode()) > MAX_PROGRESS:
+        raise ValueError(f"a progress object must be at most {MAX_PROGRESS} bytes as JSON")
+    return json.loads(text)
 
 
 _current: contextvars.ContextVar[TaskContext | None] = contextvars.ContextVar(

@@ -17,13 +17,13 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from raybeam.admission import SpecCache, check_room
-from raybeam.errors import QueueNotFound, RaybeamError
+from raybeam.admission import SpecCache
 from raybeam.host import Dispatch, Host, Timers
+from raybeam.idempotency import IdempotencyKeys
 from raybeam.journal import GroupCommit, Journal
 from raybeam.leases import Leases
 from raybeam.record import TRANSITIONS, TaskRecord, TaskStatus
-from raybeam.recovery import load_functions, resume_decision
+from raybeam.recovery import everything, load_functions, load_state, resume_decision
 from raybeam.wire import Outcome
 
 if TYPE_CHECKING:
@@ -57,23 +57,10 @@ class RegistryCore:
         # earlier incarnation started can never pass for the current one.
         self.incarnation = incarnation
         self.submissions = 0
-        state, self.load_problems = journal.load()
-        self.queues: dict[str, dict[str, Any]] = {}
-        self.tasks: dict[str, TaskRecord] = {}
-        self.payloads: dict[str, str] = {}
-        records = []
-        for (kind, key), data in state.items():
-            if kind == "queue":
-                self.queues[key] = data
-            elif kind == "payload":
-                self.payloads[key] = data
-            elif kind == "task":
-                try:
-                    records.append(TaskRecord.from_json(data))
-                except (TypeError, ValueError, KeyError) as exc:
-                    self.load_problems.append(f"task {key} unreadable ({exc}); skipped")
-        for rec in sorted(records, key=lambda r: r.created_at):
-            self.tasks[rec.id] = rec
+        state = load_state(journal)
+        self.queues, self.tasks, self.payloads = state.queues, state.tasks, state.payloads
+        self.load_problems = state.problems
+        self.idempotency = IdempotencyKeys(state.idempotency)
         self.counts: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         for rec in self.tasks.values():
@@ -85,7 +72,9 @@ class RegistryCore:
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.background: set[asyncio.Task[Any]] = set()
-        self.commits = GroupCommit(journal, _serialise, self._everything, lambda: len(self.tasks))
+        self.commits = GroupCommit(
+            journal, _serialise, lambda: everything(self), lambda: len(self.tasks)
+        )
         self.booted = False
         self._writing = False
         self._booting: asyncio.Future[None] | None = None
@@ -126,12 +115,19 @@ class RegistryCore:
                 log.exception("could not resume task %s", rec.id)
                 self.fail(rec, FAILED, f"could not resume after a registry restart: {exc}")
         self.spawn(self.dispatch.upkeep())
+        self.spawn(self._sweep_keys())
         for hook in self.hooks:
             try:
                 hook.on_boot()
             except Exception:
                 log.exception("hook %s failed at boot", type(hook).__name__)
         self.booted = True
+
+    async def _sweep_keys(self) -> None:
+        while True:
+            for name in self.idempotency.expired():
+                self.commits.stage("idem", name, None)
+            await asyncio.sleep(60)
 
     def _resume(self, rec: TaskRecord, function_error: str | None) -> None:
         reason = resume_decision(rec, rec.id in self.payloads, function_error)
@@ -142,8 +138,21 @@ class RegistryCore:
             rec.failure_reason = f"the registry restarted during attempt {rec.attempts}"
             self._set_status(rec, RETRY)
         if rec.status is PENDING:
-            self._hook("on_enqueued", rec)
-        self.dispatch.submit(rec)
+            self.hook("on_enqueued", rec)
+        self.release(rec)
+
+    def release(self, rec: TaskRecord) -> None:
+        """Hand `rec` to dispatch now, or when its schedule comes (a delay or run_at)."""
+        wait = (rec.scheduled_for or 0.0) - time.time()
+        if rec.status is PENDING and wait > 0:
+            self.timers.later("delay", rec.id, wait, lambda: self._due(rec.id))
+        else:
+            self.dispatch.submit(rec)
+
+    def _due(self, task_id: str) -> None:
+        rec = self.tasks.get(task_id)
+        if rec is not None and rec.status is PENDING and not rec.run:
+            self.dispatch.submit(rec)
 
     # ---- the Host protocol ------------------------------------------------------------
 
@@ -187,6 +196,8 @@ class RegistryCore:
         if self.tasks.get(rec.id) is rec and rec.status.is_final:
             del self.tasks[rec.id]
             self.commits.stage("task", rec.id, None)
+            if self.payloads.pop(rec.id, None) is not None:
+                self.commits.stage("payload", rec.id, None)
 
     def public_outputs(self, rec: TaskRecord) -> list[dict[str, Any]]:
         return [out for hook in self.hooks for out in hook.public_outputs(rec)]
@@ -205,6 +216,8 @@ class RegistryCore:
         if rec.status is not RUNNING:  # the attempt never reported its start
             self.start(rec, outcome["container_id"], outcome["started_at"])
         rec.run = ""  # this submission is over: a late report from it must not count
+        if outcome["progress"] is not None:
+            self._progress(rec, outcome["progress"])
         # the record lists the outputs of the attempt that counts: the latest one
         rec.outputs = list(outcome["outputs"])
         if outcome["ok"]:
@@ -222,6 +235,7 @@ class RegistryCore:
             return
         rec.failure_reason = reason
         self._set_status(rec, RETRY)
+        rec.next_attempt_at = time.time() + min(delays)
         self.timers.later("retry", rec.id, min(delays), lambda: self._retry(task_id))
 
     def _retry(self, task_id: str) -> None:
@@ -265,100 +279,28 @@ class RegistryCore:
         if new.is_final:
             self.counts[rec.queue] -= 1
             self.dispatch.ended(rec)
-            if self.payloads.pop(rec.id, None) is not None:
-                self.commits.stage("payload", rec.id, None)
 
     async def _after_final(self, rec: TaskRecord) -> None:
         await self.persist(rec)
         for fut in self.waiters.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
-        self._hook("on_final", rec)
+        self.hook("on_final", rec)
 
-    def _hook(self, name: str, rec: TaskRecord) -> None:
+    def hook(self, name: str, rec: TaskRecord) -> None:
         for hook in self.hooks:
             try:
                 getattr(hook, name)(rec)
             except Exception:
                 log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
 
-    # ---- writes that Python, HTTP and the CLI call -----------------------------------
-
-    async def register_queue(self, definition: dict[str, Any], blob: bytes) -> None:
-        digest = definition["spec"]["function"]
-        await asyncio.to_thread(self.journal.store_blob, f"{digest}.pkl", blob)
-        self.dispatch.add_function(digest, blob)
-        self.queues[definition["name"]] = definition
-        self.commits.stage("queue", definition["name"], definition)
-        await self.commits.commit()
-
-    def admit(
-        self, queue: str, items: list[dict[str, Any]], client: str | None
-    ) -> list[TaskRecord]:
-        """New records for the items not stored yet, if the queue has room for them."""
-        definition = self._definition(queue)
-        new = [it for it in items if it["id"] not in self.tasks]
-        covered = min(self.leases.own(queue, client), len(new))
-        check_room(queue, definition, self.counts[queue], len(new), covered, self.free(queue))
-        if covered and client is not None:
-            self.leases.use(queue, client, covered)
-        now = time.time()
-        records = []
-        for item in new:
-            spec = self.specs.get(queue, definition, item.get("overrides") or {})
-            rec = TaskRecord(id=item["id"], queue=queue, spec=spec, created_at=now, updated_at=now)
-            self.tasks[rec.id] = rec
-            self.payloads[rec.id] = item["payload"]
-            self.commits.stage("payload", rec.id, item["payload"])
-            self.stage(rec)
-            self.counts[queue] += 1
-            records.append(rec)
-        return records
-
-    async def submit(
-        self, queue: str, items: list[dict[str, Any]], client: str | None = None
-    ) -> list[str]:
-        records = self.admit(queue, items, client)
-        await self.stored(records)
-        return [it["id"] for it in items]
-
-    async def submit_each(
-        self, calls: list[tuple[str, list[dict[str, Any]]]]
-    ) -> list[list[str] | RaybeamError]:
-        answers: list[list[str] | RaybeamError] = []
-        records: list[TaskRecord] = []
-        for queue, items in calls:
-            try:
-                records += self.admit(queue, items, None)
-            except RaybeamError as exc:
-                answers.append(exc)
-            else:
-                answers.append([it["id"] for it in items])
-        await self.stored(records)
-        return answers
-
-    async def stored(self, records: list[TaskRecord]) -> None:
-        """Wait until new records are stored, then start them."""
-        await self.commits.commit()
-        for rec in records:
-            if rec.status is PENDING:
-                self._hook("on_enqueued", rec)
-                self.dispatch.submit(rec)
-
-    def lease(self, queue: str, client: str, want: int) -> int:
-        self._definition(queue)
-        return self.leases.grant(queue, client, want, self.free(queue))
-
-    def _definition(self, queue: str) -> dict[str, Any]:
-        definition = self.queues.get(queue)
-        if definition is None:
-            raise QueueNotFound(f"no queue named {queue!r} is registered")
-        return definition
-
-    def free(self, queue: str) -> int:
-        """Slots of `queue` that neither unfinished tasks nor leases hold."""
-        cap: int = self.queues[queue]["max_pending_tasks"]
-        return cap - self.counts[queue] - self.leases.total(queue)
+    def add(self, rec: TaskRecord, payload: str) -> None:
+        """A new record and its arguments, staged; started by `stored`."""
+        self.tasks[rec.id] = rec
+        self.payloads[rec.id] = payload
+        self.commits.stage("payload", rec.id, payload)
+        self.stage(rec)
+        self.counts[rec.queue] += 1
 
     def started(self, task_id: str, run: str, container_id: str) -> None:
         """A worker began an attempt (reports from older submissions are ignored)."""
@@ -366,25 +308,22 @@ class RegistryCore:
         if rec is None or rec.run != run or rec.status not in (PENDING, RETRY):
             return
         self.start(rec, container_id)
-        self._hook("on_started", rec)
+        self.hook("on_started", rec)
 
-    async def cancel(self, task_ids: list[str]) -> list[str]:
-        cancelled = []
-        for task_id in task_ids:
-            rec = self.tasks.get(task_id)
-            if rec is not None and not rec.status.is_final:
-                self.fail(rec, CANCELLED, "cancelled")
-                cancelled.append(task_id)
-        if cancelled:
-            await self.commits.commit()
-        return cancelled
+    def progress(self, task_id: str, run: str, value: Any) -> None:
+        """A running attempt's latest progress (workers coalesce their calls)."""
+        rec = self.tasks.get(task_id)
+        if rec is not None and rec.is_live(run):
+            self._progress(rec, value)
 
-    def _everything(self) -> list[tuple[str, str, Any]]:
-        """Every live (kind, key, value), for a snapshot; values are serialised later."""
-        entries: list[tuple[str, str, Any]] = [("queue", k, v) for k, v in self.queues.items()]
-        entries += [("payload", k, v) for k, v in self.payloads.items()]
-        entries += [("task", r.id, r) for r in self.tasks.values()]
-        return entries
+    def _progress(self, rec: TaskRecord, value: Any) -> None:
+        if value == rec.progress:
+            return
+        rec.progress, rec.progress_seq = value, rec.progress_seq + 1
+        self.stage(rec)
+        for fut in self.watchers.pop(rec.id, []):
+            if not fut.done():
+                fut.set_result(None)
 
 
 def _serialise(value: Any) -> Any:

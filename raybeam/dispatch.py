@@ -19,6 +19,7 @@ import ray
 
 from raybeam.containers import ContainerPool, ResourceDemand
 from raybeam.host import Host
+from raybeam.lanes import Lane, capacity
 from raybeam.record import TaskRecord, TaskStatus
 from raybeam.resources import pick_gpu_type
 from raybeam.runner import remote_attempt
@@ -94,10 +95,10 @@ class Dispatcher:
         self.current: dict[str, tuple[str, str]] = {}
         self.demand = ResourceDemand()
         self.remotes: dict[tuple[str, int | None, str, bool], Any] = {}
-        self.outbox: dict[Key, list[Item]] = {}
+        #: waiting tasks of plain queues, by queue and Ray options (see lanes.py)
+        self.lanes: dict[Key, Lane] = {}
+        self.dirty: set[Key] = set()
         self.outbox_flush = False
-        #: submissions held back while a probe finds out how long a queue's tasks take
-        self.held: dict[Key, list[Item]] = {}
         self.probed: set[Key] = set()
         #: recent run time of a queue's tasks (moving average), which decides packing
         self.durations: dict[str, float] = {}
@@ -117,8 +118,8 @@ class Dispatcher:
     def observe(self, queue: str, duration: float) -> None:
         seen = self.durations.get(queue, duration)
         self.durations[queue] = 0.8 * seen + 0.2 * duration
-        for key in [k for k in self.held if k[0] == queue]:  # the probe has told
-            self._release(key)
+        for key in [k for k, lane in self.lanes.items() if k[0] == queue and lane.probing]:
+            self._release(key)  # the probe has told
 
     def containers(self, queue: str) -> int | None:
         pools = [p for (q, _), p in self.pools.items() if q == queue]
@@ -153,13 +154,14 @@ class Dispatcher:
         )
         pool = self.pool(rec)
         if pool is not None:
-            pool.enqueue(attempt, rec.spec.function, blob, options)
+            pool.enqueue(attempt, rec.spec.function, blob, options, rec.priority)
             return
         key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True))
-        self.outbox.setdefault(key, []).append((rec, blob, attempt, options))
-        if not self.outbox_flush:
-            self.outbox_flush = True
-            asyncio.get_running_loop().call_later(SEND_AFTER, self._flush)
+        lane = self.lanes.get(key)
+        if lane is None:
+            lane = self.lanes[key] = Lane()
+        lane.push(rec.priority, (rec, blob, attempt, options))
+        self._mark(key)
 
     def stop(self, rec: TaskRecord) -> None:
         ref = self.refs.pop(rec.id, None)
@@ -198,50 +200,68 @@ class Dispatcher:
         return res
 
     def _flush(self) -> None:
-        """Submit what `submit` queued in the last SEND_AFTER: one Ray task each, or, for
-        queues of tiny tasks with a backlog, a pack of them per Ray task."""
+        """Send what the lanes may send now: highest priority first, one Ray task each or,
+        for queues of tiny tasks with a backlog, a pack of them per Ray task."""
         self.outbox_flush = False
-        outbox, self.outbox = self.outbox, {}
-        for key, items in outbox.items():
-            queue = key[0]
-            if queue not in self.durations and len(items) > PROBE and key not in self.probed:
-                self.probed.add(key)
+        cluster = self._cluster_resources()
+        for key in list(self.dirty):
+            self.dirty.discard(key)
+            lane = self.lanes[key]
+            queue, options = key[0], json.loads(key[2])
+            if queue not in self.durations and len(lane) > PROBE and key not in self.probed:
                 # A big backlog on a queue whose task length is unknown: start a few, and
                 # decide how to send the rest once they tell (or PROBE_WAIT has passed).
-                self.held[key] = items[PROBE:]
-                items = items[:PROBE]
+                self.probed.add(key)
+                lane.probing = True
                 asyncio.get_running_loop().call_later(PROBE_WAIT, self._release, key)
-            elif key in self.held:
-                self.held[key].extend(items)
-                continue
-            # tasks of the queue not started yet, those sent in earlier turns included: puts
-            # arrive a few per turn, and still form a backlog when workers fall behind
-            backlog = max(len(items), self.host.waiting(queue))
-            cpus = self._cluster_resources().get("CPU", 1.0)
-            size = pack_size(self.durations.get(queue), backlog, cpus, items[0][3])
-            for start in range(0, len(items), size):
-                self._send(items[start : start + size])
+            room = lane.room(capacity(options, cluster))
+            if lane.probing:
+                room = max(0, PROBE - lane.in_flight)
+            # tasks of the queue not started yet, those sent already included: puts arrive a
+            # few per turn, and still form a backlog when workers fall behind
+            backlog = max(len(lane), self.host.waiting(queue))
+            size = pack_size(self.durations.get(queue), backlog, cluster.get("CPU", 1.0), options)
+            while room and lane:
+                chunk = [it for it in lane.pop(size) if it[0].is_live(it[2].run)]
+                if chunk:
+                    self._send(key, chunk)
+                    room -= 1
 
-    def _send(self, chunk: list[Item]) -> None:
+    def _mark(self, key: Key) -> None:
+        self.dirty.add(key)
+        if not self.outbox_flush:
+            self.outbox_flush = True
+            asyncio.get_running_loop().call_later(SEND_AFTER, self._flush)
+
+    def _sent_done(self, key: Key) -> None:
+        """A Ray task of this lane finished: room for the next."""
+        lane = self.lanes[key]
+        lane.in_flight -= 1
+        if lane:
+            self._mark(key)
+
+    def _send(self, key: Key, chunk: list[Item]) -> None:
         rec, blob, attempt, options = chunk[0]
         fn = self._remote_fn(rec, options, packed=len(chunk) > 1)
+        self.lanes[key].in_flight += 1
         if len(chunk) == 1:
             ref = fn.remote(rec.spec.function, blob, *attempt.fields())
             self.refs[rec.id] = ref
             self.packed.discard(rec.id)
-            self.host.spawn(self.watch(rec.id, rec.run, ref))
+            self.host.spawn(self.watch(rec.id, rec.run, ref, lambda _: self._sent_done(key)))
             return
         gen = fn.remote(rec.spec.function, blob, [a.fields() for _, _, a, _ in chunk])
         for member, _, _, _ in chunk:
             self.refs[member.id] = gen
             self.packed.add(member.id)
-        self.host.spawn(self._watch_pack([(m.id, m.run) for m, _, _, _ in chunk], gen))
+        members = [(m.id, m.run) for m, _, _, _ in chunk]
+        self.host.spawn(self._watch_pack(key, members, gen))
 
     def _release(self, key: Key) -> None:
-        items = [item for item in self.held.pop(key, []) if item[0].is_live(item[2].run)]
-        if items:
-            self.outbox.setdefault(key, []).extend(items)
-            self._flush()
+        lane = self.lanes.get(key)
+        if lane is not None and lane.probing:
+            lane.probing = False
+            self._mark(key)
 
     def _remote_fn(self, rec: TaskRecord, options: dict[str, Any], packed: bool = False) -> Any:
         """The remote function bound to these options (binding is costly, so it is cached)."""
@@ -273,11 +293,17 @@ class Dispatcher:
             done(error)
         await self.host.settle(task_id, run, outcome)
 
-    async def _watch_pack(self, members: list[tuple[str, str]], gen: Any) -> None:
+    async def _watch_pack(self, key: Key, members: list[tuple[str, str]], gen: Any) -> None:
         """Settle each member of a pack as its outcome streams in. When the pack dies (a
         crash, or a kill for one member's timeout or cancel), the member that was running
         (the one after the last outcome) counts an attempt and fails; the ones after it
         never started and run again, unpenalised."""
+        try:
+            await self._stream_pack(members, gen)
+        finally:
+            self._sent_done(key)
+
+    async def _stream_pack(self, members: list[tuple[str, str]], gen: Any) -> None:
         settled = 0
         try:
             async for ref in gen:

@@ -60,3 +60,19 @@ class InvalidConfiguration(RaybeamError, ValueError):
 
 class OutsideTask(RaybeamError, RuntimeError):
     """Something that only works inside a running task was used outside one."""
+
+
+class IdempotencyConflict(RaybeamError, ValueError):
+    """An idempotency key already names a task made with other arguments or options."""
+
+
+class TaskNotFinal(RaybeamError):
+    """Only a final task can be requeued; this one is still pending or running."""
+
+
+class CorruptBlob(RaybeamError, ValueError):
+    """A stored function blob does not match the digest it is stored under."""
+
+    def __init__(self, digest: str, message: str) -> None:
+        self.digest = digest
+        super().__init__(message)

@@ -19,6 +19,8 @@ from raybeam import connection
 from raybeam.containers import QueueDepthAutoscaler
 from raybeam.errors import InvalidArguments, InvalidConfiguration
 from raybeam.image import Image
+from raybeam.options import check_int, check_options, check_priority, split
+from raybeam.policy import Retries, retry_settings
 from raybeam.record import TaskSpec
 from raybeam.resources import gpu_types, ray_options
 from raybeam.runner import FunctionBundle
@@ -28,35 +30,14 @@ from raybeam.wire import encode_payload
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: per-call settings that `.options()` and the HTTP body may override
-OVERRIDES = ("callback_url", "timeout", "retries", "ttl")
-
 
 def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidConfiguration(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_int(name, value, minimum)
 
 
 def check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Validated per-call overrides; raises InvalidConfiguration naming the bad one."""
-    from raybeam.webhooks import validate_callback_url
-
-    unknown = set(overrides) - set(OVERRIDES)
-    if unknown:
-        raise InvalidConfiguration(
-            f"unknown option(s) {sorted(unknown)}; .options() takes {', '.join(OVERRIDES)}"
-        )
-    out = dict(overrides)
-    if "timeout" in out and out["timeout"] != -1:
-        _check_int("timeout", out["timeout"], 1)
-    if "retries" in out:
-        _check_int("retries", out["retries"], 0)
-    if "ttl" in out:
-        _check_int("ttl", out["ttl"], 1)
-    if "callback_url" in out:
-        out["callback_url"] = validate_callback_url(out["callback_url"])
-    return out
+    """Validated per-call options; raises InvalidConfiguration naming the bad one."""
+    return check_options(overrides)
 
 
 def signature_params(fn: Callable[..., Any]) -> list[list[Any]]:
@@ -101,6 +82,8 @@ class QueueConfig:
     gpu_count: float | None = None
     image: Image | None = None
     retries: int = 3
+    backoff: list[float] | None = None
+    priority: int = 0
     retry_for: tuple[type[BaseException], ...] | None = None
     timeout: int = 3600
     ttl: int = 7200
@@ -147,7 +130,8 @@ class TaskQueue(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def options(self, **overrides: Any) -> TaskQueue[P, R]:
-        """This queue with per-call overrides of `callback_url`, `timeout`, `retries`, `ttl`.
+        """This queue with per-call overrides of `callback_url`, `timeout`, `retries`, `ttl`,
+        and task options `idempotency_key`, `priority`, `delay` (seconds), `run_at`.
 
         >>> handler.options(timeout=60).put(x=1)  # doctest: +SKIP
         """
@@ -172,6 +156,7 @@ class TaskQueue(Generic[P, R]):
             spec = TaskSpec(
                 function=digest,
                 retries=c.retries,
+                backoff=c.backoff,
                 timeout=c.timeout,
                 ttl=c.ttl,
                 callback_url=c.callback_url,
@@ -194,6 +179,7 @@ class TaskQueue(Generic[P, R]):
                     "spec": dataclasses.asdict(spec),
                     "max_pending_tasks": c.max_pending_tasks,
                     "authorized": c.authorized,
+                    "priority": c.priority,
                     "params": self._params,
                     "warm": warm,
                 },
@@ -211,20 +197,27 @@ class TaskQueue(Generic[P, R]):
             base._registered = session
 
     def _items(self, calls: Sequence[tuple[Sequence[Any], dict[str, Any]]]) -> list[dict[str, Any]]:
+        overrides, options = split(self._overrides)
+        if "idempotency_key" in options and len(calls) > 1:
+            raise InvalidConfiguration("an idempotency_key names one call; use .put(), not .map()")
         items = []
         for args, kwargs in calls:
             bind_arguments(self._params, args, kwargs)
-            items.append(
-                {
-                    "id": str(uuid.uuid4()),
-                    "payload": encode_payload(tuple(args), dict(kwargs)),
-                    "overrides": self._overrides,
-                }
-            )
+            item = {
+                "id": str(uuid.uuid4()),
+                "payload": encode_payload(tuple(args), dict(kwargs)),
+                "overrides": overrides,
+            }
+            if options:
+                item["options"] = options
+            items.append(item)
         return items
 
     def _submit(self, items: list[dict[str, Any]]) -> list[Task]:
         self.register()
+        if any("idempotency_key" in item.get("options", {}) for item in items):
+            # the registry answers with the first task's id: wait for it
+            return [Task(i) for i in connection.call("submit", self.name, items)]
         return [Task(i) for i in connection.pipeline.submit(self.name, items)]
 
     def put(self, *args: P.args, **kwargs: P.kwargs) -> Task:
@@ -302,7 +295,8 @@ def task_queue(
     gpu: str | list[str] | None = None,
     gpu_count: float | None = None,
     image: Image | None = None,
-    retries: int = 3,
+    retries: int | Retries = 3,
+    priority: int = 0,
     retry_for: Sequence[type[BaseException]] | type[BaseException] | None = None,
     timeout: int = 3600,
     ttl: int = 7200,
@@ -341,7 +335,8 @@ def task_queue(
             gpu=gpu,
             gpu_count=gpu_count,
             image=image,
-            retries=_check_int("retries", retries, 0),
+            **retry_settings(retries),
+            priority=check_priority(priority),
             retry_for=retry_tuple,
             timeout=timeout if timeout == -1 else _check_int("timeout", timeout, 1),
             ttl=_check_int("ttl", ttl, 1),

@@ -17,6 +17,11 @@ from raybeam.core import RegistryCore
 from raybeam.record import TaskRecord
 
 
+def version(rec: TaskRecord) -> str:
+    """What a watcher has seen of a record: its status and how many progress values."""
+    return f"{rec.status.value}:{rec.progress_seq}"
+
+
 class Reads:
     def __init__(self, core: RegistryCore) -> None:
         self.core = core
@@ -84,14 +89,18 @@ class Reads:
         return info
 
     async def watch(self, task_id: str, seen: str | None, timeout: float) -> dict[str, Any] | None:
-        """The record once its stored status differs from `seen` (or after `timeout` s)."""
+        """The record once its stored state differs from `seen` (or after `timeout` s):
+        `seen` is a status, or a record's `version` (its status and progress count), so
+        progress wakes a watcher that passes versions."""
         rec = self.core.tasks.get(task_id)
         if rec is None:
             return None
-        if rec.status.value == seen and not rec.status.is_final:
+        if seen in (rec.status.value, version(rec)) and not rec.status.is_final:
             await self.wait(self.core.watchers, [task_id], timeout)
         await self.committed([rec])
-        return self.info(rec)
+        info = self.info(rec)
+        info["version"] = version(rec)
+        return info
 
     async def wait_any(self, task_ids: list[str], timeout: float) -> list[str]:
         """The ids among `task_ids` that are final (and stored so) or unknown, waiting up to

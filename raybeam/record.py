@@ -91,6 +91,9 @@ class TaskSpec:
     gpu_types: list[str] = dataclasses.field(default_factory=list)
     #: Ray's max_calls for plain queues (None: Ray's default)
     max_calls: int | None = None
+    #: `raybeam.Retries` backoff as [initial_delay, backoff_coefficient, max_delay]; None:
+    #: the short default backoff
+    backoff: list[float] | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -116,6 +119,19 @@ class TaskRecord:
     outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     webhook: dict[str, Any] | None = None
     history: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    #: higher starts first among a queue's waiting tasks
+    priority: int = 0
+    #: unix seconds before which the task does not start (a delay or run_at); None: at once
+    scheduled_for: float | None = None
+    idempotency_key: str | None = None
+    #: the task this one requeues, and the task that requeued this one
+    retry_of: str | None = None
+    retried_as: str | None = None
+    #: the latest value the handler reported with context.progress(), and how many were stored
+    progress: Any = None
+    progress_seq: int = 0
+    #: while RETRY: unix seconds when the next attempt may start
+    next_attempt_at: float | None = None
 
     def __post_init__(self) -> None:
         if not self.history:
@@ -134,6 +150,8 @@ class TaskRecord:
         self.history.append((new.value, now))
         if new is TaskStatus.RUNNING and self.started_at is None:
             self.started_at = now
+        if new is not TaskStatus.RETRY:
+            self.next_attempt_at = None
         if new.is_final:
             self.ended_at = now
 
@@ -168,6 +186,13 @@ class TaskRecord:
             "failure_reason": self.failure_reason,
             "outputs": outputs,
             "stats": stats,
+            "priority": self.priority,
+            "scheduled_for": iso(self.scheduled_for),
+            "idempotency_key": self.idempotency_key,
+            "retry_of": self.retry_of,
+            "retried_as": self.retried_as,
+            "progress": self.progress,
+            "next_attempt_at": iso(self.next_attempt_at),
         }
         if self.spec.callback_url:
             info["webhook"] = self.webhook or {

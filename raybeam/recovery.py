@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from raybeam.host import Dispatch
 from raybeam.journal import Journal
 from raybeam.record import TaskRecord, TaskStatus
@@ -39,3 +42,46 @@ def load_functions(journal: Journal, dispatch: Dispatch, digests: set[str]) -> d
         else:
             dispatch.add_function(digest, blob)
     return problems
+
+
+@dataclasses.dataclass
+class State:
+    """What the journal holds, as the registry keeps it in memory."""
+
+    queues: dict[str, dict[str, Any]]
+    #: oldest first, so listing newest first walks the dict backwards
+    tasks: dict[str, TaskRecord]
+    payloads: dict[str, str]
+    idempotency: dict[str, dict[str, Any]]
+    #: what could not be read, and was skipped
+    problems: list[str]
+
+
+def load_state(journal: Journal) -> State:
+    entries, problems = journal.load()
+    state = State({}, {}, {}, {}, problems)
+    records = []
+    for (kind, key), data in entries.items():
+        if kind == "queue":
+            state.queues[key] = data
+        elif kind == "payload":
+            state.payloads[key] = data
+        elif kind == "idem":
+            state.idempotency[key] = data
+        elif kind == "task":
+            try:
+                records.append(TaskRecord.from_json(data))
+            except (TypeError, ValueError, KeyError) as exc:
+                problems.append(f"task {key} unreadable ({exc}); skipped")
+    for rec in sorted(records, key=lambda r: r.created_at):
+        state.tasks[rec.id] = rec
+    return state
+
+
+def everything(state: Any) -> list[tuple[str, str, Any]]:
+    """Every live (kind, key, value) of a registry, for a snapshot; serialised later."""
+    entries: list[tuple[str, str, Any]] = [("queue", k, v) for k, v in state.queues.items()]
+    entries += [("payload", k, v) for k, v in state.payloads.items()]
+    entries += [("idem", k, v) for k, v in state.idempotency.entries.items()]
+    entries += [("task", r.id, r) for r in state.tasks.values()]
+    return entries

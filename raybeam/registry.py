@@ -23,6 +23,7 @@ from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, Settings
 from raybeam.core import RegistryCore
 from raybeam.dispatch import Dispatcher
 from raybeam.errors import RaybeamError
+from raybeam.intake import Intake
 from raybeam.journal import Journal
 from raybeam.reads import Reads
 from raybeam.storage import Storage
@@ -60,6 +61,7 @@ class Registry:
             middleware=middleware.default,
         )
         self.reads = Reads(self.core)
+        self.intake = Intake(self.core)
         # Resume unfinished work even if no client calls in after a restart.
         ray.get_runtime_context().current_actor.ping.remote()
 
@@ -76,7 +78,7 @@ class Registry:
 
     async def register_queue(self, definition: dict[str, Any], blob: bytes) -> None:
         await self.core.boot()
-        await self.core.register_queue(definition, blob)
+        await self.intake.register_queue(definition, blob)
 
     async def submit(
         self, queue: str, items: list[dict[str, Any]], client: str | None = None
@@ -87,7 +89,7 @@ class Registry:
         Idempotent by id: an id already stored is skipped.
         """
         await self.core.boot()
-        return await self.core.submit(queue, items, client)
+        return await self.intake.submit(queue, items, client)
 
     async def submit_each(
         self, calls: list[tuple[str, list[dict[str, Any]]]]
@@ -95,12 +97,12 @@ class Registry:
         """`submit` for several callers at once (the HTTP API's concurrent requests): each
         call is admitted or refused on its own, and all are stored in one write."""
         await self.core.boot()
-        return await self.core.submit_each(calls)
+        return await self.intake.submit_each(calls)
 
     async def lease(self, queue: str, client: str, want: int) -> int:
         """Set aside up to `want` more slots for `client`'s next puts; returns its slots now."""
         await self.core.boot()
-        return self.core.lease(queue, client, want)
+        return self.intake.lease(queue, client, want)
 
     async def started(self, task_id: str, run: str, container_id: str) -> None:
         """A worker began an attempt. Stored with the next batch; nobody waits on this, and a
@@ -110,7 +112,19 @@ class Registry:
 
     async def cancel(self, task_ids: list[str]) -> list[str]:
         await self.core.boot()
-        return await self.core.cancel(task_ids)
+        return await self.intake.cancel(task_ids)
+
+    async def retry_tasks(
+        self, task_ids: list[str] | None, queue: str | None, status: str | None, limit: int
+    ) -> list[dict[str, str]]:
+        """Requeue final tasks as new ones: `[{"task_id": new, "retry_of": old}]`."""
+        await self.core.boot()
+        return await self.intake.requeue(task_ids, queue, status, limit)
+
+    async def progress(self, task_id: str, run: str, value: Any) -> None:
+        """A running attempt's latest progress; fire and forget (workers coalesce)."""
+        await self.core.boot()
+        self.core.progress(task_id, run, value)
 
     # ---- reads, answered from what is stored -----------------------------------------
 

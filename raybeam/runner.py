@@ -101,6 +101,50 @@ class _StartReporter:
 
 _starts = _StartReporter()
 
+#: seconds between two progress stores of one attempt, at most
+PROGRESS_EVERY = 0.25
+
+
+class _ProgressReporter:
+    """One thread per worker process that sends each attempt's latest progress value at
+    most every PROGRESS_EVERY seconds, so a tight loop of `context.progress()` costs a dict
+    write per call. The last value also travels with the outcome."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.latest: dict[tuple[str, str], Any] = {}
+        self.thread: threading.Thread | None = None
+
+    def report(self, task_id: str, run: str, value: Any) -> None:
+        with self.lock:
+            self.latest[(task_id, run)] = value
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._loop, name="raybeam-progress", daemon=True
+                )
+                self.thread.start()
+
+    def discard(self, task_id: str, run: str) -> None:
+        with self.lock:
+            self.latest.pop((task_id, run), None)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(PROGRESS_EVERY)
+            with self.lock:
+                ready, self.latest = self.latest, {}
+            if not ready:
+                continue
+            try:
+                registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+                for (task_id, run), value in ready.items():
+                    registry.progress.remote(task_id, run, value)
+            except Exception:  # the outcome carries the last value anyway
+                log.warning("could not send the progress of %d tasks", len(ready), exc_info=True)
+
+
+_progress = _ProgressReporter()
+
 
 def call_handler(bundle: FunctionBundle, attempt: Attempt, on_start_value: Any = None) -> Outcome:
     """Run the handler once in a fresh scratch folder and describe how it ended."""
@@ -113,6 +157,7 @@ def call_handler(bundle: FunctionBundle, attempt: Attempt, on_start_value: Any =
         callback_url=attempt.callback_url,
         timeout=attempt.timeout,
         storage_url=attempt.storage_url,
+        report_progress=lambda value: _progress.report(attempt.task_id, attempt.run, value),
     )
     if bundle.wants_context:
         kwargs["context"] = ctx
@@ -127,14 +172,17 @@ def call_handler(bundle: FunctionBundle, attempt: Attempt, on_start_value: Any =
         # tasks the handler put are stored before the attempt ends: the worker may exit
         # right after it (max_calls), before a batch of puts went out
         attempt_ended()
-        return succeeded(value, ctx.saved_outputs)
+        outcome = succeeded(value, ctx.saved_outputs)
     except Exception as exc:
         retryable = bundle.retry_for is None or isinstance(exc, bundle.retry_for)
-        return failed(traceback.format_exc(), retryable, ctx.saved_outputs)
+        outcome = failed(traceback.format_exc(), retryable, ctx.saved_outputs)
     finally:
+        _progress.discard(attempt.task_id, attempt.run)
         os.chdir(previous_cwd)
         reset_context(token)
         shutil.rmtree(scratch, ignore_errors=True)
+    outcome["progress"] = ctx.last_progress
+    return outcome
 
 
 async def _await(value: Any) -> Any:

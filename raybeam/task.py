@@ -113,6 +113,16 @@ class Task:
         """Cancel the task if it is not final yet (a running attempt is stopped)."""
         connection.call("cancel", [self.id])
 
+    def retry(self) -> Task:
+        """Requeue a final task: a new task with the same arguments and options, linked to
+        this one (`retry_of` / `retried_as`); this one keeps its final status.
+        TaskNotFinal while it is still pending or running.
+
+        >>> new = task.retry()  # doctest: +SKIP
+        """
+        (made,) = connection.call("retry_tasks", [self.id], None, None, 1)
+        return Task(made["task_id"])
+
 
 def get_task(task_id: str) -> Task:
     """A handle on an existing task; TaskNotFound at once for an unknown id."""
@@ -130,6 +140,28 @@ def list_tasks(
         raise ValueError(f"limit must be a positive integer, got {limit!r}")
     infos, _ = connection.call("list", queue, wanted, limit, None)
     return [Task(i["id"]) for i in infos]
+
+
+def retry_tasks(
+    task_ids: Sequence[str | Task] | None = None,
+    queue: str | None = None,
+    status: TaskStatus | str | None = "FAILED",
+    limit: int = 100,
+) -> list[Task]:
+    """Requeue final tasks: the ones named, or the newest `limit` of `queue` (any queue
+    when None) with `status` (FAILED by default; None for any final status) that were not
+    requeued already. Returns the new tasks, in the same order.
+
+    >>> raybeam.retry_tasks(queue="render", status="FAILED")  # doctest: +SKIP
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    wanted = TaskStatus.parse(status).value if status is not None else None
+    if wanted is not None and not TaskStatus(wanted).is_final:
+        raise ValueError(f"only final tasks can be requeued, not {wanted} ones")
+    ids = None if task_ids is None else [str(t) for t in task_ids]
+    made: list[dict[str, str]] = connection.call("retry_tasks", ids, queue, wanted, limit)
+    return [Task(m["task_id"]) for m in made]
 
 
 def wait(tasks: Sequence[Task], progress: bool = False, timeout: float | None = None) -> list[Task]:

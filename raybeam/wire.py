@@ -57,13 +57,15 @@ class Outcome(TypedDict):
     started_at: float | None
     #: seconds the handler ran; None when unknown
     duration: float | None
+    #: the last value the handler passed to context.progress(); None when none
+    progress: Any
 
 
 def succeeded(value: Any, outputs: list[dict[str, Any]]) -> Outcome:
     result, blob = encode_result(value)
     return Outcome(
         ok=True, result=result, result_blob=blob, error=None, retryable=False,
-        outputs=outputs, container_id=None, started_at=None, duration=None,
+        outputs=outputs, container_id=None, started_at=None, duration=None, progress=None,
     )  # fmt: skip
 
 
@@ -71,6 +73,7 @@ def failed(error: str, retryable: bool, outputs: list[dict[str, Any]] | None = N
     return Outcome(
         ok=False, result=None, result_blob=None, error=error, retryable=retryable,
         outputs=list(outputs or []), container_id=None, started_at=None, duration=None,
+        progress=None,
     )  # fmt: skip
 
 

@@ -31,6 +31,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.usefixtures("ray_cluster"), pytest.ma
 RECORD_KEYS = {
     "id", "queue", "status", "created_at", "started_at", "ended_at", "updated_at",
     "container_id", "attempts", "result", "failure_reason", "outputs", "stats",
+    # SPEC §8
+    "priority", "scheduled_for", "idempotency_key", "retry_of", "retried_as", "progress",
+    "next_attempt_at",
 }  # fmt: skip
 
 

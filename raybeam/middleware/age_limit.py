@@ -1,6 +1,7 @@
 """Age limit: a task that waits unstarted past its `ttl` becomes EXPIRED.
 
-The ttl counts from the task's creation; the registry drops the timer once the task starts.
+The ttl counts from the task's creation, or from its scheduled time when it was given a delay
+or `run_at`; the registry drops the timer once the task starts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from raybeam.record import TaskRecord, TaskStatus
 
 class AgeLimit(Middleware):
     def on_enqueued(self, rec: TaskRecord) -> None:
-        delay = rec.created_at + rec.spec.ttl - time.time()
+        delay = (rec.scheduled_for or rec.created_at) + rec.spec.ttl - time.time()
         self.host.timers.later("ttl", rec.id, delay, lambda: self._expired(rec.id))
 
     def _expired(self, task_id: str) -> None:

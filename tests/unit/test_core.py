@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,8 +14,9 @@ import pytest
 from raybeam import middleware
 from raybeam.admission import SPEC_CACHE
 from raybeam.core import RegistryCore
-from raybeam.errors import QueueFull, QueueNotFound
+from raybeam.errors import IdempotencyConflict, QueueFull, QueueNotFound, TaskNotFinal
 from raybeam.host import Host
+from raybeam.intake import Intake
 from raybeam.journal import Journal
 from raybeam.middleware.retries import Retries, backoff
 from raybeam.reads import Reads
@@ -117,20 +119,20 @@ def ok(value: Any = 1) -> Outcome:
 
 def test_admission_refuses_past_the_cap_and_counts_leases(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(cap=4), b"blob")
+        await Intake(core).register_queue(definition(cap=4), b"blob")
         with pytest.raises(QueueNotFound):
-            await core.submit("nope", [item("x")])
-        assert await core.submit("q", [item("a"), item("b")]) == ["a", "b"]
-        assert await core.submit("q", [item("a")]) == ["a"]  # idempotent by id
+            await Intake(core).submit("nope", [item("x")])
+        assert await Intake(core).submit("q", [item("a"), item("b")]) == ["a", "b"]
+        assert await Intake(core).submit("q", [item("a")]) == ["a"]  # idempotent by id
         assert core.depth("q") == 2
-        assert core.lease("q", "c1", 8) == 1  # half the free room at most
+        assert Intake(core).lease("q", "c1", 8) == 1  # half the free room at most
         with pytest.raises(QueueFull, match="max_pending_tasks is 4"):
-            await core.submit("q", [item("c"), item("d")])  # one slot is leased to c1
-        await core.submit("q", [item("c")])  # the last free slot
-        await core.submit("q", [item("d")], client="c1")  # c1's leased slot
+            await Intake(core).submit("q", [item("c"), item("d")])  # one slot is leased to c1
+        await Intake(core).submit("q", [item("c")])  # the last free slot
+        await Intake(core).submit("q", [item("d")], client="c1")  # c1's leased slot
         assert core.depth("q") == 4
         with pytest.raises(QueueFull):
-            await core.submit("q", [item("e")], client="c1")
+            await Intake(core).submit("q", [item("e")], client="c1")
         assert [t for t, _ in dispatched(core).submitted] == ["a", "b", "c", "d"]
 
     run(tmp_path, scenario)
@@ -141,8 +143,8 @@ def test_admission_refuses_past_the_cap_and_counts_leases(tmp_path: Path) -> Non
 
 def test_a_task_walks_to_complete_with_counters_timers_and_waiters(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(timeout=60), b"blob")
-        await core.submit("q", [item("a")])
+        await Intake(core).register_queue(definition(timeout=60), b"blob")
+        await Intake(core).submit("q", [item("a")])
         assert core.timers.has("a")  # the ttl
         (_, run_id), *_ = dispatched(core).submitted
         core.started("a", run_id, "worker-1")
@@ -154,7 +156,8 @@ def test_a_task_walks_to_complete_with_counters_timers_and_waiters(tmp_path: Pat
         info = await waiter
         assert info is not None and info["status"] == "COMPLETE" and info["result"] == {"x": 1}
         assert core.depth("q") == 0 and core.running["q"] == 0
-        assert not core.timers.has("a") and "a" not in core.payloads
+        assert not core.timers.has("a")
+        assert "a" in core.payloads  # kept for a requeue, until retention forgets the task
         assert not core.waiters and not core.watchers
         await core.settle("a", run_id, ok(2))  # a late report changes nothing
         assert core.tasks["a"].result == {"x": 1}
@@ -164,8 +167,8 @@ def test_a_task_walks_to_complete_with_counters_timers_and_waiters(tmp_path: Pat
 
 def test_stale_reports_are_ignored(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(), b"blob")
-        await core.submit("q", [item("a")])
+        await Intake(core).register_queue(definition(), b"blob")
+        await Intake(core).submit("q", [item("a")])
         core.started("a", "another-run", "w")
         assert core.tasks["a"].status is S.PENDING
 
@@ -175,8 +178,8 @@ def test_stale_reports_are_ignored(tmp_path: Path) -> None:
 def test_reads_wait_for_the_change_to_be_stored(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
         reads = Reads(core)
-        await core.register_queue(definition(), b"blob")
-        await core.submit("q", [item("a")])
+        await Intake(core).register_queue(definition(), b"blob")
+        await Intake(core).submit("q", [item("a")])
         (_, run_id), *_ = dispatched(core).submitted
         core.commits.held = True
         settling = asyncio.ensure_future(core.settle("a", run_id, ok()))
@@ -216,8 +219,8 @@ def test_retry_decisions() -> None:
 
 def test_a_failed_attempt_retries_after_the_backoff_then_fails(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(retries=1), b"blob")
-        await core.submit("q", [item("a")])
+        await Intake(core).register_queue(definition(retries=1), b"blob")
+        await Intake(core).submit("q", [item("a")])
         sent = dispatched(core).submitted
         await core.settle("a", sent[-1][1], failed("first", retryable=True))
         rec = core.tasks["a"]
@@ -233,12 +236,12 @@ def test_a_failed_attempt_retries_after_the_backoff_then_fails(tmp_path: Path) -
 
 def test_a_task_waiting_to_retry_can_fail_and_be_cancelled(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(retries=3), b"blob")
-        await core.submit("q", [item("a"), item("b")])
+        await Intake(core).register_queue(definition(retries=3), b"blob")
+        await Intake(core).submit("q", [item("a"), item("b")])
         for task_id, run_id in list(dispatched(core).submitted):
             await core.settle(task_id, run_id, failed("x", retryable=True))
         core.fail(core.tasks["a"], S.FAILED, "given up")  # RETRY -> FAILED is allowed
-        assert await core.cancel(["b"]) == ["b"]
+        assert await Intake(core).cancel(["b"]) == ["b"]
         assert core.tasks["a"].status is S.FAILED and core.tasks["b"].status is S.CANCELLED
         await asyncio.sleep(backoff(1) + 0.1)
         assert len(dispatched(core).submitted) == 2  # no retry timer outlived them
@@ -248,8 +251,8 @@ def test_a_task_waiting_to_retry_can_fail_and_be_cancelled(tmp_path: Path) -> No
 
 def test_a_pending_task_that_cannot_run_is_cancelled_with_its_reason(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(), b"blob")
-        await core.submit("q", [item("a")])
+        await Intake(core).register_queue(definition(), b"blob")
+        await Intake(core).submit("q", [item("a")])
         core.fail(core.tasks["a"], S.FAILED, "its function is gone")
         assert core.tasks["a"].status is S.CANCELLED
         assert core.tasks["a"].failure_reason == "its function is gone"
@@ -273,10 +276,10 @@ def test_resume_decisions() -> None:
 
 def test_one_task_that_cannot_resume_fails_alone(tmp_path: Path) -> None:
     async def first(core: RegistryCore) -> None:
-        await core.register_queue(definition(), b"blob")
-        await core.register_queue(definition("broken", function="f2"), b"blob2")
-        await core.submit("q", [item("ok"), item("running"), item("no-args")])
-        await core.submit("broken", [item("no-fn")])
+        await Intake(core).register_queue(definition(), b"blob")
+        await Intake(core).register_queue(definition("broken", function="f2"), b"blob2")
+        await Intake(core).submit("q", [item("ok"), item("running"), item("no-args")])
+        await Intake(core).submit("broken", [item("no-fn")])
         sent = dict(dispatched(core).submitted)
         core.started("running", sent["running"], "w")
         del core.payloads["no-args"]
@@ -335,10 +338,10 @@ def test_a_boot_that_raises_is_tried_again(tmp_path: Path, monkeypatch: pytest.M
 
 def test_a_queue_registered_again_gives_new_tasks_its_new_settings(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(timeout=10, retries=1), b"blob")
-        await core.submit("q", [item("old")])
-        await core.register_queue(definition(timeout=20, retries=5), b"blob")
-        await core.submit("q", [item("new"), item("override", timeout=7)])
+        await Intake(core).register_queue(definition(timeout=10, retries=1), b"blob")
+        await Intake(core).submit("q", [item("old")])
+        await Intake(core).register_queue(definition(timeout=20, retries=5), b"blob")
+        await Intake(core).submit("q", [item("new"), item("override", timeout=7)])
         assert (core.tasks["old"].spec.timeout, core.tasks["old"].spec.retries) == (10, 1)
         assert (core.tasks["new"].spec.timeout, core.tasks["new"].spec.retries) == (20, 5)
         assert core.tasks["override"].spec.timeout == 7
@@ -348,9 +351,123 @@ def test_a_queue_registered_again_gives_new_tasks_its_new_settings(tmp_path: Pat
 
 def test_the_spec_cache_is_bounded(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
-        await core.register_queue(definition(cap=10_000), b"blob")
+        await Intake(core).register_queue(definition(cap=10_000), b"blob")
         for n in range(SPEC_CACHE + 50):
-            core.admit("q", [item(f"t{n}", callback_url=f"https://example.com/{n}")], None)
+            Intake(core).admit("q", [item(f"t{n}", callback_url=f"https://example.com/{n}")], None)
         assert len(core.specs) == SPEC_CACHE
+
+    run(tmp_path, scenario)
+
+
+# ---- idempotency, requeue, delays, progress, backoff ----------------------------------
+
+
+def keyed(task_id: str, key: str, payload: str = "p") -> dict[str, Any]:
+    return {"id": task_id, "payload": payload, "overrides": {},
+            "options": {"idempotency_key": key}}  # fmt: skip
+
+
+def test_an_idempotency_key_returns_the_first_task_across_restarts(tmp_path: Path) -> None:
+    async def first(core: RegistryCore) -> None:
+        intake = Intake(core)
+        await intake.register_queue(definition(), b"blob")
+        assert await intake.submit("q", [keyed("a", "k1")]) == ["a"]
+        assert await intake.submit("q", [keyed("b", "k1")]) == ["a"]  # no new task
+        assert "b" not in core.tasks and core.tasks["a"].idempotency_key == "k1"
+        with pytest.raises(IdempotencyConflict, match="other arguments"):
+            await intake.submit("q", [keyed("c", "k1", payload="other")])
+        await intake.register_queue(definition("q2"), b"blob")
+        assert await intake.submit("q2", [keyed("d", "k1")]) == ["d"]  # keys are per queue
+
+    run(tmp_path, first)
+
+    async def second(core: RegistryCore) -> None:
+        assert await Intake(core).submit("q", [keyed("e", "k1")]) == ["a"]
+        core.idempotency.seconds = 0.0  # later keys expire at once
+        assert await Intake(core).submit("q", [keyed("f", "k2")]) == ["f"]
+        assert await Intake(core).submit("q", [keyed("g", "k2")]) == ["g"]
+
+    run(tmp_path, second)
+
+
+def test_requeue_links_both_ways_and_keeps_the_final_status(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        intake = Intake(core)
+        await intake.register_queue(definition(retries=0), b"blob")
+        await intake.submit("q", [item("a"), item("b")])
+        with pytest.raises(TaskNotFinal):
+            await intake.requeue(["a"])
+        sent = dict(dispatched(core).submitted)
+        await core.settle("a", sent["a"], failed("boom", retryable=True))
+        ((made),) = await intake.requeue(["a"])
+        new = core.tasks[made["task_id"]]
+        assert made["retry_of"] == "a" and new.retry_of == "a"
+        assert core.tasks["a"].retried_as == new.id and core.tasks["a"].status is S.FAILED
+        assert core.payloads[new.id] == "p" and new.spec is core.tasks["a"].spec
+        assert new.id in dict(dispatched(core).submitted)
+        # by queue and status: only final tasks not requeued already
+        await core.settle("b", sent["b"], failed("boom", retryable=True))
+        again = await intake.requeue(None, "q", "FAILED", 10)
+        assert [m["retry_of"] for m in again] == ["b"]
+
+    run(tmp_path, scenario)
+
+
+def test_a_delayed_task_waits_and_its_ttl_counts_from_then(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        intake = Intake(core)
+        await intake.register_queue(definition(ttl=1), b"blob")
+        delayed = {"id": "a", "payload": "p", "overrides": {}, "options": {"delay": 1.5}}
+        await intake.submit("q", [delayed, {**delayed, "id": "b"}])
+        rec = core.tasks["a"]
+        assert rec.scheduled_for is not None and rec.status is S.PENDING
+        assert dispatched(core).submitted == []
+        assert await intake.cancel(["b"]) == ["b"]
+        await asyncio.sleep(1.7)
+        assert [t for t, _ in dispatched(core).submitted] == ["a"]  # b was cancelled
+        assert rec.status is S.PENDING  # the ttl of 1 s counts from the scheduled time
+
+    run(tmp_path, scenario)
+
+
+def test_a_delay_survives_a_restart(tmp_path: Path) -> None:
+    async def first(core: RegistryCore) -> None:
+        await Intake(core).register_queue(definition(), b"blob")
+        delayed = {"id": "a", "payload": "p", "overrides": {}, "options": {"delay": 1.0}}
+        await Intake(core).submit("q", [delayed])
+
+    run(tmp_path, first)
+
+    async def second(core: RegistryCore) -> None:
+        assert dispatched(core).submitted == []
+        await asyncio.sleep(1.2)
+        assert [t for t, _ in dispatched(core).submitted] == ["a"]
+
+    run(tmp_path, second)
+
+
+def test_progress_and_next_attempt_at(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        intake = Intake(core)
+        spec = {"retries": 2, "backoff": [5.0, 2.0, 60.0]}
+        await intake.register_queue(definition(**spec), b"blob")
+        await intake.submit("q", [item("a")])
+        (_, run_id), *_ = dispatched(core).submitted
+        core.started("a", run_id, "w")
+        watcher = asyncio.ensure_future(Reads(core).watch("a", "RUNNING:0", 5))
+        core.progress("a", run_id, 0.5)
+        info = await watcher
+        assert info is not None and info["progress"] == 0.5 and info["version"] == "RUNNING:1"
+        core.progress("a", "stale-run", 0.9)
+        assert core.tasks["a"].progress == 0.5
+        outcome = failed("boom", retryable=True)
+        outcome["progress"] = 0.75
+        before = time.time()
+        await core.settle("a", run_id, outcome)
+        rec = core.tasks["a"]
+        assert rec.status is S.RETRY and rec.progress == 0.75
+        assert rec.next_attempt_at is not None and 4.5 < rec.next_attempt_at - before < 5.5
+        info = await Reads(core).get("a")
+        assert info is not None and info["next_attempt_at"].endswith("Z")
 
     run(tmp_path, scenario)

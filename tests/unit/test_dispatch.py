@@ -96,3 +96,22 @@ def test_unfinished_webhooks_resume() -> None:
     assert not hook._unfinished({**one_failed, "delivered": True})
     spent = {"url": "u", "delivered": False, "attempts": [{"error": "x"}] * 3}
     assert not hook._unfinished(spent)
+
+
+def test_lanes_start_higher_priority_first_fifo_within_one() -> None:
+    from raybeam.lanes import MIN_IN_FLIGHT, SLACK, Lane, capacity
+
+    lane = Lane()
+    for name, priority in [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", 9)]:
+        lane.push(priority, name)
+    assert lane.pop(2) == ["e", "b"] and lane.pop(10) == ["d", "a", "c"]
+    cluster = {"CPU": 4.0, "GPU": 2.0, "memory": 8e9, "accelerator_type:A10G": 1.0}
+    assert capacity({"num_cpus": 1}, cluster) == 4
+    assert capacity({"num_cpus": 0.25}, cluster) == 16
+    assert capacity({"num_cpus": 1, "num_gpus": 1}, cluster) == 2
+    assert capacity({"num_cpus": 1, "memory": 3e9}, cluster) == 2
+    assert capacity({"num_cpus": 1, "num_gpus": 1, "accelerator_type": "T4"}, cluster) == 1
+    assert capacity({"num_cpus": 0}, cluster) > 10**6
+    lane.in_flight = 3
+    assert lane.room(capacity({"num_cpus": 0.25}, cluster)) == SLACK * 16 - 3
+    assert lane.room(1) == MIN_IN_FLIGHT - 3  # demand an autoscaler can see

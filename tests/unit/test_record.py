@@ -84,6 +84,9 @@ def test_info_has_the_spec_shape() -> None:
     assert list(info) == [
         "id", "queue", "status", "created_at", "started_at", "ended_at", "updated_at",
         "container_id", "attempts", "result", "failure_reason", "outputs", "stats",
+        # SPEC §8
+        "priority", "scheduled_for", "idempotency_key", "retry_of", "retried_as", "progress",
+        "next_attempt_at",
     ]  # fmt: skip
     assert info["created_at"] == "1970-01-01T00:01:40Z"
 
