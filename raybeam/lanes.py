@@ -17,7 +17,7 @@ from typing import Any
 #: Ray work in flight per lane, as a multiple of what the cluster runs at once
 SLACK = 2
 #: at least this much in flight, so an autoscaler sees demand for resources not there yet
-MIN_IN_FLIGHT = 16
+MIN_IN_FLIGHT = 8
 
 _order = itertools.count()
 
