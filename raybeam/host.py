@@ -28,29 +28,40 @@ class Timers:
     """
 
     def __init__(self) -> None:
-        self.handles: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        #: task id -> kind -> handle: a final task's timers go in one step, whatever the count
+        self.handles: dict[str, dict[str, asyncio.TimerHandle]] = {}
 
     def later(self, kind: str, task_id: str, delay: float, fn: Callable[[], None]) -> None:
         self.cancel(kind, task_id)
-        key = (kind, task_id)
 
         def fire() -> None:
-            self.handles.pop(key, None)
+            self._drop(kind, task_id)
             fn()
 
-        self.handles[key] = asyncio.get_running_loop().call_later(max(0.0, delay), fire)
+        handle = asyncio.get_running_loop().call_later(max(0.0, delay), fire)
+        self.handles.setdefault(task_id, {})[kind] = handle
+
+    def _drop(self, kind: str, task_id: str) -> asyncio.TimerHandle | None:
+        kinds = self.handles.get(task_id)
+        if kinds is None:
+            return None
+        handle = kinds.pop(kind, None)
+        if not kinds:
+            del self.handles[task_id]
+        return handle
 
     def cancel(self, kind: str, task_id: str) -> None:
-        handle = self.handles.pop((kind, task_id), None)
+        handle = self._drop(kind, task_id)
         if handle is not None:
             handle.cancel()
 
     def cancel_all(self, task_id: str) -> None:
-        for key in [k for k in self.handles if k[1] == task_id]:
-            self.handles.pop(key).cancel()
+        for handle in self.handles.pop(task_id, {}).values():
+            handle.cancel()
 
-    def has(self, task_id: str) -> bool:
-        return any(k[1] == task_id for k in self.handles)
+    def has(self, task_id: str, kind: str | None = None) -> bool:
+        kinds = self.handles.get(task_id, {})
+        return bool(kinds) if kind is None else kind in kinds
 
 
 class Host(Protocol):

@@ -148,8 +148,8 @@ def test_a_task_walks_to_complete_with_counters_timers_and_waiters(tmp_path: Pat
         assert core.timers.has("a")  # the ttl
         (_, run_id), *_ = dispatched(core).submitted
         core.started("a", run_id, "worker-1")
-        assert core.running["q"] == 1 and ("timeout", "a") in core.timers.handles
-        assert ("ttl", "a") not in core.timers.handles  # a started task cannot expire
+        assert core.running["q"] == 1 and core.timers.has("a", "timeout")
+        assert not core.timers.has("a", "ttl")  # a started task cannot expire
         waiter = asyncio.ensure_future(Reads(core).wait_final("a", 10))
         await asyncio.sleep(0)
         await core.settle("a", run_id, ok({"x": 1}))
