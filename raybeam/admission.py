@@ -37,12 +37,17 @@ class SpecCache:
     def __init__(self, size: int = SPEC_CACHE) -> None:
         self.size = size
         self.specs: OrderedDict[tuple[str, str, str], TaskSpec] = OrderedDict()
+        self.defined: tuple[Any, str] = (None, "")
 
     def __len__(self) -> int:
         return len(self.specs)
 
     def get(self, queue: str, definition: dict[str, Any], overrides: dict[str, Any]) -> TaskSpec:
-        key = (queue, json.dumps(definition["spec"], sort_keys=True), json.dumps(overrides))
+        # a definition is replaced, never changed, when a queue is registered again: its
+        # text is worked out once per definition object
+        if self.defined[0] is not definition:
+            self.defined = (definition, json.dumps(definition["spec"], sort_keys=True))
+        key = (queue, self.defined[1], json.dumps(overrides))
         spec = self.specs.get(key)
         if spec is None:
             spec = self.specs[key] = TaskSpec(**{**definition["spec"], **overrides})

@@ -6,8 +6,10 @@
     raybeam task get ID
     raybeam task cancel ID [ID ...]
     raybeam status [--json]
+    raybeam keys webhook
 
-Every command works on the Ray cluster of `RAY_ADDRESS`, or a local one when it is unset.
+Every command works on the Ray cluster of `RAY_ADDRESS`, or a local one when it is unset;
+`keys webhook` reads the storage (and, with `RAY_ADDRESS` set, the keys published there).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from raybeam.enqueue import enqueue
 from raybeam.errors import RaybeamError
 from raybeam.queue import TaskQueue
 from raybeam.record import TaskStatus
+from raybeam.storage import storage_from_settings
 from raybeam.task import get_task
 
 
@@ -136,6 +139,14 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="queues, their depths and workers")
     status.add_argument("--json", action="store_true")
     status.set_defaults(run=_status)
+
+    keys = sub.add_parser("keys", help="print a key that others need")
+    keys_sub = keys.add_subparsers(title="keys", metavar="KEY", required=True)
+    webhook = keys_sub.add_parser(
+        "webhook",
+        help="the key webhooks are signed with, for receivers' raybeam.verify_webhook",
+    )
+    webhook.set_defaults(run=_keys_webhook)
     return parser
 
 
@@ -245,6 +256,13 @@ def _status(ns: argparse.Namespace, out: TextIO) -> int:
         by_status = " ".join(f"{k}={v}" for k, v in sorted(s["by_status"].items()))
         rows.append([name, str(s["queue_depth"]), str(s["active_containers"]), by_status])
     print(table(["QUEUE", "DEPTH", "WORKERS", "TASKS"], rows), file=out)
+    return 0
+
+
+def _keys_webhook(ns: argparse.Namespace, out: TextIO) -> int:
+    if settings().ray_address:  # a deployer may have published a configured key there
+        connection.ensure_ray()
+    print(storage_from_settings().webhook_key().decode(), file=out)
     return 0
 
 

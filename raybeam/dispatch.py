@@ -90,6 +90,8 @@ class Dispatcher:
         self.refs: dict[str, Any] = {}
         #: ids whose current submission is a member of a pack
         self.packed: set[str] = set()
+        #: ids whose next submission goes alone: their pack died under them
+        self.alone: set[str] = set()
         #: warm pools by queue and definition; a queue registered anew gets a new pool
         self.pools: dict[tuple[str, str], ContainerPool] = {}
         self.current: dict[str, tuple[str, str]] = {}
@@ -128,6 +130,7 @@ class Dispatcher:
     def ended(self, rec: TaskRecord) -> None:
         self.refs.pop(rec.id, None)
         self.packed.discard(rec.id)
+        self.alone.discard(rec.id)
 
     def submit(self, rec: TaskRecord) -> None:
         blob = self.blob_refs.get(rec.spec.function)
@@ -221,8 +224,13 @@ class Dispatcher:
             # few per turn, and still form a backlog when workers fall behind
             backlog = max(len(lane), self.host.waiting(queue))
             size = pack_size(self.durations.get(queue), backlog, cluster.get("CPU", 1.0), options)
-            while room and lane:
+            while room > 0 and lane:
                 chunk = [it for it in lane.pop(size) if it[0].is_live(it[2].run)]
+                for item in [it for it in chunk if it[0].id in self.alone]:
+                    chunk.remove(item)
+                    self.alone.discard(item[0].id)
+                    self._send(key, [item])
+                    room -= 1
                 if chunk:
                     self._send(key, chunk)
                     room -= 1
@@ -294,10 +302,11 @@ class Dispatcher:
         await self.host.settle(task_id, run, outcome)
 
     async def _watch_pack(self, key: Key, members: list[tuple[str, str]], gen: Any) -> None:
-        """Settle each member of a pack as its outcome streams in. When the pack dies (a
-        crash, or a kill for one member's timeout or cancel), the member that was running
-        (the one after the last outcome) counts an attempt and fails; the ones after it
-        never started and run again, unpenalised."""
+        """Settle the members of a pack as their outcomes stream in (in batches). When the
+        pack dies (a crash, or a kill for one member's timeout or cancel), a member that
+        reported its start ran long and fails, counted; the others not reported yet run
+        again alone, uncounted: the one that took the worker down then fails alone, counted,
+        and stops at its retries, and its mates are not held up by it again."""
         try:
             await self._stream_pack(members, gen)
         finally:
@@ -307,24 +316,24 @@ class Dispatcher:
         settled = 0
         try:
             async for ref in gen:
-                outcome: Outcome = await ref
-                task_id, run = members[settled]
-                settled += 1
-                await self.host.settle(task_id, run, outcome)
+                outcomes: list[Outcome] = await ref
+                for outcome in outcomes:
+                    task_id, run = members[settled]
+                    settled += 1
+                    await self.host.settle(task_id, run, outcome)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if settled < len(members):
-                task_id, run = members[settled]
-                await self.host.settle(task_id, run, system_failure(exc))
-            for task_id, run in members[settled + 1 :]:
+            for task_id, run in members[settled:]:
                 rec = self.host.task(task_id)
-                if rec is not None and rec.is_live(run):
-                    if rec.status is RUNNING:  # it reported a start: it ran, so it counts
-                        await self.host.settle(task_id, run, system_failure(exc))
-                    else:
-                        rec.run = ""
-                        self.submit(rec)
+                if rec is None or not rec.is_live(run):
+                    continue
+                if rec.status is RUNNING:  # it reported a start: it ran, so it counts
+                    await self.host.settle(task_id, run, system_failure(exc))
+                else:
+                    rec.run = ""
+                    self.alone.add(task_id)
+                    self.submit(rec)
 
     # ---- warm queues ------------------------------------------------------------------
 

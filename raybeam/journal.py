@@ -9,16 +9,24 @@ an earlier one and `d = null` deletes it.
 
 On a local disk a segment is an append-only file that takes many batches (one write each);
 a crash can leave at most a torn last line, which loading skips, and the next registry
-starts a new segment. Object stores cannot append, so there every batch is a segment of its
+starts a new segment. Each batch is fsync'ed before `append` returns (one fsync per batch,
+however many changes it holds), unless `RAYBEAM_FSYNC=0`, so an acknowledged change
+survives a power loss. Object stores cannot append, so there every batch is a segment of its
 own. Snapshots and those segments are written under a temporary name and renamed into place,
-so a crash leaves either the whole file or none of it.
+so a crash leaves either the whole file or none of it; a local snapshot and its folder are
+fsync'ed (always) before the segments it replaces are removed.
+
+blobs/<digest>.pkl    the queues' pickled functions, checked against their digest (the first
+                      32 hex digits of their SHA-256) when stored and when loaded
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
+import os
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable
@@ -26,6 +34,10 @@ from typing import IO, Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+from raybeam import config
+from raybeam.errors import CorruptBlob
+from raybeam.keys import fsync_folder
 
 log = logging.getLogger("raybeam.journal")
 
@@ -38,12 +50,16 @@ SNAPSHOT_CHUNK = 500
 
 
 class Journal:
-    def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
+    def __init__(
+        self, fs: fsspec.AbstractFileSystem, root: str, *, fsync: bool | None = None
+    ) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.seq = 0
         # plain files can be appended to; anything else gets a file per batch
         self.local = isinstance(fs, LocalFileSystem)
+        #: local batches reach the disk before `append` returns (default: RAYBEAM_FSYNC)
+        self.fsync = config.settings().fsync if fsync is None else fsync
         self.segment: IO[str] | None = None
         self.segment_batches = 0
         for sub in ("journal", "snapshot"):
@@ -52,11 +68,24 @@ class Journal:
     def _p(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def _write_atomic(self, path: str, text: str) -> None:
+    def _write_atomic(self, path: str, data: str | bytes) -> None:
+        """Write under a temporary name, then rename. Locally the file is fsync'ed before the
+        rename and its folder after it, so the new name survives a power loss with its whole
+        content (whatever RAYBEAM_FSYNC says: these files are few and replace others)."""
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(tmp, "w") as f:
-            f.write(text)
-        self.fs.mv(tmp, path)
+        raw = data.encode() if isinstance(data, str) else data
+        if not self.local:
+            with self.fs.open(tmp, "wb") as f:
+                f.write(raw)
+            self.fs.mv(tmp, path)
+            return
+        tmp, path = self.fs._strip_protocol(tmp), self.fs._strip_protocol(path)
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_folder(posixpath.dirname(path))
 
     def _seq_files(self, sub: str, suffix: str) -> list[tuple[int, str]]:
         out = []
@@ -125,6 +154,8 @@ class Journal:
             assert self.segment is not None
             self.segment.write(text)
             self.segment.flush()  # in the OS's hands: a crashed process loses nothing
+            if self.fsync:
+                os.fsync(self.segment.fileno())  # on the disk: nor does a power loss
             self.segment_batches += 1
             return self.seq
         seq = self.seq + 1
@@ -135,7 +166,10 @@ class Journal:
     def _rotate(self) -> None:
         self.close()
         self.seq += 1
-        self.segment = open(self._p("journal", f"{self.seq:016d}.jsonl"), "a")  # noqa: SIM115
+        path = self.fs._strip_protocol(self._p("journal", f"{self.seq:016d}.jsonl"))
+        self.segment = open(path, "a")  # noqa: SIM115
+        if self.fsync:  # the new file's name, so its fsync'ed batches can be found again
+            fsync_folder(posixpath.dirname(path))
         self.segment_batches = 0
 
     def close(self) -> None:
@@ -154,6 +188,7 @@ class Journal:
         Batches written meanwhile must go to segments after `seq` (see `seal`).
         """
         text = "[" + ",".join(part for part in parts if part) + "]"
+        # durable even with RAYBEAM_FSYNC=0: the segments it replaces are about to go
         self._write_atomic(self._p("snapshot", f"{seq:016d}.json"), text)
         for old, path in self._seq_files("journal", ".jsonl"):
             if old <= seq:
@@ -163,23 +198,59 @@ class Journal:
                 self.fs.rm(path)
 
     def store_blob(self, name: str, data: bytes) -> None:
+        """Store a function blob as `<digest>.pkl`, once; a damaged stored copy is replaced."""
+        digest = _blob_digest(name)
+        if digest is not None and blob_digest(data) != digest:
+            raise CorruptBlob(
+                digest,
+                f"the function sent for digest {digest} has digest {blob_digest(data)}: it was "
+                "changed after it was pickled; register the queue again",
+            )
         path = self._p("blobs", name)
-        if self.fs.exists(path):
-            return
+        try:
+            if self.load_blob(name) is not None:
+                return
+        except CorruptBlob:
+            log.warning("stored function %s is damaged; storing it again", name)
         self.fs.makedirs(self._p("blobs"), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with self.fs.open(tmp, "wb") as f:
-            f.write(data)
-        self.fs.mv(tmp, path)
+        self._write_atomic(path, data)
 
     def load_blob(self, name: str) -> bytes | None:
+        """The blob stored as `<digest>.pkl`, None when there is none; `CorruptBlob` when its
+        content does not match the digest, so a damaged or altered file is never unpickled."""
+        digest = _blob_digest(name)
         path = self._p("blobs", name)
         try:
             with self.fs.open(path, "rb") as f:
                 data: bytes = f.read()
-                return data
         except FileNotFoundError:
             return None
+        found = blob_digest(data)
+        if digest is not None and found != digest:
+            raise CorruptBlob(
+                digest,
+                f"the stored function {digest} is damaged or was changed (its content has digest "
+                f"{found}, {len(data)} bytes at {path}); it was not loaded. Register the queue "
+                "again (import its app and call .put(), or run `raybeam serve`) to store it afresh",
+            )
+        return data
+
+
+def blob_digest(data: bytes) -> str:
+    """The digest a function blob is stored under (as `TaskQueue.definition()` computes it)."""
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def _blob_digest(name: str) -> str | None:
+    """The digest in a blob's name `<digest>.pkl`; None for a name of another form, which
+    only tests' fake functions have, and which is not checked."""
+    digest = name.removesuffix(".pkl")
+    if name.endswith(".pkl") and len(digest) == 32 and _HEX.issuperset(digest):
+        return digest
+    return None
+
+
+_HEX = frozenset("0123456789abcdef")
 
 
 class GroupCommit:
@@ -271,7 +342,9 @@ class GroupCommit:
         delay = 0.1
         while entries:
             try:
-                if self.journal.local:  # one small write to an open file: no thread hop
+                # one small write to an open file needs no thread hop; an fsync (a millisecond
+                # or more) or an object store would hold the registry's loop
+                if self.journal.local and not self.journal.fsync:
                     self.journal.append(entries)
                 else:
                     await asyncio.to_thread(self.journal.append, entries)

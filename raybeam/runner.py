@@ -101,6 +101,9 @@ class _StartReporter:
 
 _starts = _StartReporter()
 
+#: seconds between two reports of a pack's outcomes, at least
+PACK_REPORT_EVERY = 0.005
+
 #: seconds between two progress stores of one attempt, at most
 PROGRESS_EVERY = 0.25
 
@@ -214,16 +217,24 @@ def run_attempt(digest: str, blob: bytes, *fields: Any) -> Outcome:
     return execute(load_bundle(digest, blob), Attempt(*fields), worker_id)
 
 
-def run_pack(digest: str, blob: bytes, attempts: list[tuple[Any, ...]]) -> Iterator[Outcome]:
+def run_pack(digest: str, blob: bytes, attempts: list[tuple[Any, ...]]) -> Iterator[list[Outcome]]:
     """Several tiny attempts in one Ray task, one after the other, each in its own folder.
 
-    A streaming generator: each outcome reaches the registry as it is made, so when one
-    member takes the worker down, the members before it keep their outcome and the registry
-    knows which member was running (the one after the last outcome)."""
+    A streaming generator that hands its outcomes over in batches, every PACK_REPORT_EVERY
+    seconds and at the end: when one member takes the worker down, the members reported
+    before it keep their outcome, and each report costs the registry little (one per member
+    would cost more than the tasks themselves)."""
     worker_id = ray.get_runtime_context().get_worker_id()
     bundle = load_bundle(digest, blob)
+    batch: list[Outcome] = []
+    reported = time.monotonic()
     for fields in attempts:
-        yield execute(bundle, Attempt(*fields), worker_id)
+        batch.append(execute(bundle, Attempt(*fields), worker_id))
+        if time.monotonic() - reported >= PACK_REPORT_EVERY:
+            yield batch
+            batch, reported = [], time.monotonic()
+    if batch:
+        yield batch
 
 
 _remotes: dict[tuple[int | None, bool], Any] = {}

@@ -1,9 +1,10 @@
 """The filesystem behind `RAYBEAM_STORAGE` (SPEC §5), through fsspec, and the links to its files.
 
 One URL names everything: a local folder, `file://...`, `s3://bucket/prefix` or any other
-fsspec protocol. Outputs live under `outputs/`, the signing key under `keys/`.
+fsspec protocol. Outputs live under `outputs/`, the generated keys under `keys/` (keys.py).
 Storage that can presign (S3) hands out presigned URLs; any other gets HMAC-signed links to
-the HTTP API's `/output/id/<output_id>` route, which checks them with `verify_local_link`.
+the HTTP API's `/output/id/<output_id>` route, which checks them with `verify_local_link`
+and finds the file with `find_output` (one stat: the link names the file's folders).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import hmac
 import logging
 import math
 import os
-import secrets
 import threading
 import time
 from collections import defaultdict
@@ -23,19 +23,21 @@ from urllib.parse import urlencode
 
 import fsspec
 from fsspec import AbstractFileSystem
-from fsspec.implementations.local import LocalFileSystem
 
-from raybeam import config
+from raybeam import config, keys
+from raybeam.errors import InvalidConfiguration
+from raybeam.keys import SIGNING_KEY, WEBHOOK_KEY
 
 logger = logging.getLogger(__name__)
 
 OUTPUTS = "outputs"
-SIGNING_KEY = "keys/signing_key"
 
 _S3_PROTOCOLS = ("s3", "s3a")
 _LOCAL_PROTOCOLS = (None, "file", "local")
 # Object stores have no folders to create, and `makedirs` there costs a request.
 _OBJECT_STORES = frozenset({*_S3_PROTOCOLS, "gs", "gcs", "az", "abfs", "abfss"})
+# stores whose exclusive create is known to hold, so a generated key needs no settling read
+_EXCLUSIVE_CREATE = frozenset({*_LOCAL_PROTOCOLS, "memory"})
 
 # s3fs reads `max_concurrency` parts of `chunksize` into memory at once (10 x 50 MiB by
 # default: a 500 MiB peak for a large file), and botocore holds about one more copy of each
@@ -62,11 +64,13 @@ class Storage:
         url: str,
         *,
         signing_key: str | None = None,
+        webhook_key: str | None = None,
         public_url: str | None = None,
         s3_options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
-        self._init_args = (url, signing_key, public_url, s3_options)
+        # what a pickled copy is rebuilt from: no keys, which stay out of Ray's task specs
+        self._init_args = (url, public_url, s3_options)
         self._protocol = fsspec.core.split_protocol(url)[0]
         options: dict[str, Any] = {}
         if self._protocol in _S3_PROTOCOLS:
@@ -76,8 +80,11 @@ class Storage:
         self.fs, root = fsspec.core.url_to_fs(url, **options)
         self.root = root.rstrip("/")
         self.public_url = public_url.rstrip("/") if public_url else None
-        self._configured_key = signing_key.encode() if signing_key else None
-        self._signing_key: bytes | None = None
+        self._configured = {
+            SIGNING_KEY: signing_key.encode() if signing_key else None,
+            WEBHOOK_KEY: webhook_key.encode() if webhook_key else None,
+        }
+        self._generated: dict[str, bytes] = {}
         self._key_lock = threading.Lock()
         self._can_presign: bool | None = None
 
@@ -85,7 +92,8 @@ class Storage:
         return f"Storage({self.url!r})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # travels to Ray workers and actors as its arguments; each side builds its own fs
+        # Travels to Ray workers and actors as its arguments, without its keys: the other
+        # side uses its own configured (or published) keys, else the generated ones.
         return (_rebuild, self._init_args)
 
     def path(self, key: str) -> str:
@@ -129,81 +137,67 @@ class Storage:
     def rm(self, key: str, recursive: bool = False) -> None:
         self.fs.rm(self.path(key), recursive=recursive)
 
-    def find_output(self, output_id: str) -> str | None:
-        """The key of the output with this id (`outputs/<queue>/<task_id>/<output_id>/<name>`)."""
+    def find_output(self, output_id: str, path: str | None = None) -> str | None:
+        """The key of the output with this id (`outputs/<queue>/<task_id>/<output_id>/<name>`).
+
+        `path` is a local link's `path` parameter (`<queue>/<task_id>/<name>`): with it the
+        answer costs one stat, however many outputs are stored. Without it (links made before
+        they carried one) every output folder is listed. Check the link before calling this.
+        """
         if not _is_hex(output_id):
             return None
+        if path:
+            parts = path.split("/")  # <queue>/<task_id>/<name>
+            if len(parts) != 3 or any(p in ("", ".", "..") or "\x00" in p for p in parts):
+                return None
+            key = "/".join((OUTPUTS, parts[0], parts[1], output_id, parts[2]))
+            return key if self.fs.isfile(self.path(key)) else None
         found = self.fs.glob(self.path(f"{OUTPUTS}/*/*/{output_id}/*"))
         return _relative(self, found[0]) if found else None
 
-    # -- signing -----------------------------------------------------------------------------
+    # -- keys --------------------------------------------------------------------------------
 
     def signing_key(self) -> bytes:
-        """The key that signs local links and webhooks.
+        """The key that signs local output links (never webhooks: see `webhook_key`).
 
         `RAYBEAM_SIGNING_KEY` (or the constructor's) when set; otherwise the one persisted at
         `keys/signing_key`, generated on first use. It is stored as hex text and used as the
         bytes of that text, so copying the file's content into `RAYBEAM_SIGNING_KEY` keeps
-        every existing link and webhook signature valid.
+        every existing link valid.
         """
-        if self._configured_key is not None:
-            return self._configured_key
+        return self._key(SIGNING_KEY)
+
+    def webhook_key(self) -> bytes:
+        """The key that signs webhooks, which receivers check with `raybeam.verify_webhook`.
+
+        `RAYBEAM_WEBHOOK_KEY` (or the constructor's) when set; otherwise the one persisted at
+        `keys/webhook_key`, generated on first use (`raybeam keys webhook` prints it). It
+        never equals the signing key, so a receiver cannot sign download links.
+        """
+        key = self._key(WEBHOOK_KEY)
+        if hmac.compare_digest(key, self.signing_key()):
+            raise InvalidConfiguration(
+                "the webhook key is the same as the signing key of output links, so every "
+                "webhook receiver could sign download links; set RAYBEAM_WEBHOOK_KEY (or "
+                "RAYBEAM_SIGNING_KEY) to a value of its own"
+            )
+        return key
+
+    def _key(self, name: str) -> bytes:
+        configured = self._configured[name]
+        if configured is not None:
+            return configured
         with self._key_lock:
-            if self._signing_key is None:
-                self._signing_key = self._load_or_create_key()
-            return self._signing_key
-
-    def _load_or_create_key(self) -> bytes:
-        path = self.path(SIGNING_KEY)
-        for _ in range(50):
-            key = self._read_key(path)
-            if key:
-                return key
-            self._create_once(path, secrets.token_hex(32).encode())
-            key = self._read_key(path)
-            if key:
-                return key
-            time.sleep(0.01)  # another process created the file but has not written it yet
-        raise OSError(f"could not read or create the signing key at {path!r} in {self.url}")
-
-    def _read_key(self, path: str) -> bytes | None:
-        try:
-            data = bytes(self.fs.cat_file(path)).strip()
-        except FileNotFoundError:
-            return None
-        return data or None
-
-    def _create_once(self, path: str, data: bytes) -> None:
-        """Write `data` at `path` unless something is there already; racing writers agree."""
-        self._make_parent(path)
-        if isinstance(self.fs, LocalFileSystem):
-            # link() publishes a complete file, and only if none exists yet
-            tmp = f"{path}.{secrets.token_hex(8)}.tmp"
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-                f.write(data)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                pass
-            except OSError:  # no hard links on this mount: create exclusively instead
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError:
-                    pass
-                else:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(data)
-            finally:
-                os.unlink(tmp)
-            return
-        try:
-            with self.fs.open(path, "xb") as f:  # S3: a conditional PUT (If-None-Match: *)
-                f.write(data)
-        except FileExistsError:
-            pass
-        except (ValueError, NotImplementedError, TypeError):
-            # no exclusive create here: the last writer wins, and everyone re-reads it
-            self.fs.pipe_file(path, data)
+            key = self._generated.get(name)
+            if key is None:
+                key = keys.load_or_create(
+                    self.fs,
+                    self.path(name),
+                    make_parent=self._make_parent,
+                    settle=self._protocol not in _EXCLUSIVE_CREATE,
+                )
+                self._generated[name] = key
+            return key
 
     @property
     def can_presign(self) -> bool:
@@ -223,8 +217,9 @@ class Storage:
         """A URL that downloads `key` for `expires_in` seconds.
 
         Presigned by the filesystem when it can; otherwise
-        `<public_url>/output/id/<output_id>?expires=<unix>&signature=<hmac>`, which the HTTP API
-        serves after `verify_local_link`.
+        `<public_url>/output/id/<output_id>?expires=<unix>&path=<queue>/<task_id>/<name>&signature=<hmac>`,
+        which the HTTP API serves after `verify_local_link` (the signature covers the id and
+        expiry; `path` says where `find_output` looks for that id's file).
         """
         if expires_in <= 0:
             raise ValueError(f"expires_in must be a positive number of seconds, got {expires_in}")
@@ -232,10 +227,12 @@ class Storage:
             return str(self.fs.sign(self.path(key), expiration=int(expires_in)))
         expires = int(time.time()) + int(expires_in)
         base = self.public_url or config.settings().base_url
-        query = urlencode(
-            {"expires": expires, "signature": self._link_signature(output_id, expires)}
-        )
-        return f"{base}/output/id/{output_id}?{query}"
+        params: dict[str, str | int] = {"expires": expires}
+        parts = key.strip("/").split("/")
+        if len(parts) == 5 and parts[0] == OUTPUTS and parts[3] == output_id:
+            params["path"] = "/".join((parts[1], parts[2], parts[4]))
+        params["signature"] = self._link_signature(output_id, expires)
+        return f"{base}/output/id/{output_id}?{urlencode(params)}"
 
     def verify_local_link(
         self, output_id: str, expires: str | int, signature: str, now: float | None = None
@@ -268,10 +265,11 @@ class Storage:
             self.fs.makedirs(self.fs._parent(path), exist_ok=True)
 
 
-def _rebuild(
-    url: str, signing_key: str | None, public_url: str | None, s3_options: dict[str, Any] | None
-) -> Storage:
-    return Storage(url, signing_key=signing_key, public_url=public_url, s3_options=s3_options)
+def _rebuild(url: str, public_url: str | None, s3_options: dict[str, Any] | None) -> Storage:
+    signing, webhook = keys.configured_keys()
+    return Storage(
+        url, signing_key=signing, webhook_key=webhook, public_url=public_url, s3_options=s3_options
+    )
 
 
 def _s3_options(given: dict[str, Any] | None) -> dict[str, Any]:
@@ -289,24 +287,26 @@ def _s3_options(given: dict[str, Any] | None) -> dict[str, Any]:
     return options
 
 
-_storages: dict[tuple[str, str, str], Storage] = {}
+_storages: dict[tuple[str, str, str, str], Storage] = {}
 _storages_lock = threading.Lock()
 
 
 def storage_from_settings(url: str | None = None) -> Storage:
-    """The Storage for `url` (default: `RAYBEAM_STORAGE`) with the configured signing key and
-    public URL; one instance per URL and settings in each process.
+    """The Storage for `url` (default: `RAYBEAM_STORAGE`) with the configured keys (this
+    process's settings, else those published to Ray: keys.py) and public URL; one instance
+    per URL and settings in each process.
 
     >>> storage_from_settings().signed_url(key, output_id, 3600)  # doctest: +SKIP
     """
     current = config.settings()
     url = url or current.storage_url
-    cache_key = (url, current.signing_key, current.base_url)
+    cache_key = (url, current.signing_key, current.webhook_key, current.base_url)
     with _storages_lock:
         storage = _storages.get(cache_key)
         if storage is None:
+            signing, webhook = keys.configured_keys()
             storage = Storage(
-                url, signing_key=current.signing_key or None, public_url=current.base_url
+                url, signing_key=signing, webhook_key=webhook, public_url=current.base_url
             )
             _storages[cache_key] = storage
         return storage

@@ -5,9 +5,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from raybeam.journal import Journal
+from raybeam.errors import CorruptBlob
+from raybeam.journal import Journal, blob_digest
+from raybeam.recovery import load_functions
 
 
 def journal(tmp_path: Path) -> Journal:
@@ -52,10 +55,66 @@ def test_torn_and_corrupt_files_are_skipped_and_reported(tmp_path: Path) -> None
 
 def test_blobs_are_written_once(tmp_path: Path) -> None:
     j = journal(tmp_path)
-    j.store_blob("f.pkl", b"one")
-    j.store_blob("f.pkl", b"two")
-    assert j.load_blob("f.pkl") == b"one"
-    assert j.load_blob("missing.pkl") is None
+    name = f"{blob_digest(b'one')}.pkl"
+    j.store_blob(name, b"one")
+    j.store_blob(name, b"one")
+    assert j.load_blob(name) == b"one"
+    assert j.load_blob(f"{blob_digest(b'missing')}.pkl") is None
+    assert list((tmp_path / "registry" / "blobs").iterdir()) == [
+        tmp_path / "registry" / "blobs" / name
+    ]
+
+
+def test_a_blob_that_does_not_match_its_digest_is_never_loaded(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    digest = blob_digest(b"the real function")
+    j.store_blob(f"{digest}.pkl", b"the real function")
+    (tmp_path / "registry" / "blobs" / f"{digest}.pkl").write_bytes(b"the real functioN")
+    with pytest.raises(CorruptBlob, match=f"stored function {digest} is damaged") as raised:
+        j.load_blob(f"{digest}.pkl")
+    assert raised.value.digest == digest
+    assert "Register the queue again" in str(raised.value)
+
+
+def test_a_blob_sent_with_another_digest_is_refused(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    digest = blob_digest(b"what was pickled")
+    with pytest.raises(CorruptBlob, match=f"sent for digest {digest}"):
+        j.store_blob(f"{digest}.pkl", b"something else")
+    assert j.load_blob(f"{digest}.pkl") is None
+
+
+def test_storing_a_blob_again_repairs_a_damaged_copy(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    name = f"{blob_digest(b'fn')}.pkl"
+    (tmp_path / "registry" / "blobs").mkdir()
+    (tmp_path / "registry" / "blobs" / name).write_bytes(b"")  # torn by a crash
+    j.store_blob(name, b"fn")
+    assert j.load_blob(name) == b"fn"
+
+
+def test_recovery_turns_a_damaged_blob_into_a_reason(tmp_path: Path) -> None:
+    class Dispatch:
+        def __init__(self) -> None:
+            self.functions: dict[str, bytes] = {}
+
+        def add_function(self, digest: str, blob: bytes) -> None:
+            self.functions[digest] = blob
+
+        def has_function(self, digest: str) -> bool:
+            return digest in self.functions
+
+    j = journal(tmp_path)
+    good, bad = blob_digest(b"good"), blob_digest(b"bad")
+    j.store_blob(f"{good}.pkl", b"good")
+    j.store_blob(f"{bad}.pkl", b"bad")
+    (tmp_path / "registry" / "blobs" / f"{bad}.pkl").write_bytes(b"evil")
+    dispatch = Dispatch()
+    problems = load_functions(j, dispatch, {good, bad})  # type: ignore[arg-type]
+    assert dispatch.functions == {good: b"good"}
+    assert list(problems) == [bad]
+    assert problems[bad].startswith("the queue's function could not be loaded: ")
+    assert bad in problems[bad]
 
 
 def test_local_segments_take_many_batches_and_a_torn_tail_is_skipped(tmp_path: Path) -> None:

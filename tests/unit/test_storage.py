@@ -97,6 +97,79 @@ def test_put_file_and_find_output(storage: Storage, tmp_path: Path) -> None:
     assert fetch(storage, key, output_id) == source.read_bytes()
 
 
+def local_link(storage: Storage, key: str, output_id: str) -> dict[str, str]:
+    """The query of a local link, as the HTTP route receives it."""
+    url = storage.signed_url(key, output_id, expires_in=60)
+    assert urlsplit(url).path == f"/output/id/{output_id}"
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def test_a_local_link_finds_its_output_without_listing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage = Storage(str(tmp_path / "storage"), public_url="http://links.test")
+    output_id, other_id = uuid.uuid4().hex, uuid.uuid4().hex
+    key = f"outputs/q/t-1/{output_id}/report & notes.csv"
+    storage.put_bytes(key, b"a,b")
+    storage.put_bytes(f"outputs/q/t-2/{other_id}/secret.txt", b"s")
+    query = local_link(storage, key, output_id)
+    assert query["path"] == "q/t-1/report & notes.csv"
+    assert storage.verify_local_link(output_id, query["expires"], query["signature"])
+
+    def no_listing(*args: object, **kwargs: object) -> None:
+        raise AssertionError("find_output listed the storage")
+
+    monkeypatch.setattr(storage.fs, "glob", no_listing)
+    monkeypatch.setattr(storage.fs, "find", no_listing)
+    assert storage.find_output(output_id, query["path"]) == key
+    # a changed path reaches nothing but this output id's own file
+    for path in [
+        "q/t-2/secret.txt",
+        "q/t-1/other.csv",
+        "q/../t-1/report & notes.csv",
+        "q/t-1/x/report & notes.csv",
+        "t-1/report & notes.csv",
+        "q//report & notes.csv",
+    ]:
+        assert storage.find_output(output_id, path) is None, path
+    assert storage.find_output("../x", query["path"]) is None
+
+
+def test_links_without_a_path_still_find_their_output(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "storage"))
+    output_id = uuid.uuid4().hex
+    storage.put_bytes(f"outputs/q/t/{output_id}/a.txt", b"a")
+    assert storage.find_output(output_id) == f"outputs/q/t/{output_id}/a.txt"
+    assert storage.find_output(output_id, "") == f"outputs/q/t/{output_id}/a.txt"
+    # a key outside the output layout gets a link without a path
+    assert "path" not in local_link(storage, "elsewhere/a.txt", output_id)
+
+
+def test_lookup_at_5000_outputs(tmp_path: Path) -> None:
+    storage = Storage(str(tmp_path / "storage"))
+    root = tmp_path / "storage"
+    links = []
+    for i in range(5000):
+        output_id = uuid.uuid4().hex
+        folder = root / "outputs" / f"q{i % 5}" / f"task-{i}" / output_id
+        folder.mkdir(parents=True)
+        (folder / "out.bin").write_bytes(b"x")
+        links.append((output_id, f"q{i % 5}/task-{i}/out.bin"))
+    picked = links[::500]
+    started = time.perf_counter()
+    for output_id, path in picked:
+        assert storage.find_output(output_id, path) is not None
+    by_path = (time.perf_counter() - started) / len(picked)
+    started = time.perf_counter()
+    for output_id, _ in picked[:3]:
+        assert storage.find_output(output_id) is not None
+    by_listing = (time.perf_counter() - started) / 3
+    print(
+        f"lookup at 5,000 outputs: {by_path * 1e6:.0f} us by path, {by_listing * 1e3:.0f} ms listing"
+    )
+    assert by_path * 20 < by_listing
+
+
 def test_presigning(storage: Storage, storage_url: str) -> None:
     assert storage.can_presign is storage_url.startswith("s3://")
     assert Storage("memory://raybeam-presign").can_presign is False
@@ -137,6 +210,25 @@ def test_racing_storages_agree_on_the_signing_key(storage_url: str) -> None:
         thread.join()
     assert len(keys) == len(storages)
     assert len(set(keys)) == 1
+
+
+def test_racing_storages_agree_on_the_webhook_key(storage_url: str) -> None:
+    storages = [Storage(storage_url) for _ in range(6)]
+    found: list[bytes] = []
+    start = threading.Barrier(len(storages))
+
+    def read(storage: Storage) -> None:
+        start.wait()
+        found.append(storage.webhook_key())
+
+    threads = [threading.Thread(target=read, args=(s,)) for s in storages]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == len(storages) and len(set(found)) == 1
+    assert found[0] != storages[0].signing_key()
+    assert Storage(storage_url).webhook_key() == found[0]
 
 
 def test_local_links_are_verified(tmp_path: Path) -> None:
