@@ -61,6 +61,8 @@ class RegistryCore:
         self.queues, self.tasks, self.payloads = state.queues, state.tasks, state.payloads
         self.load_problems = state.problems
         self.idempotency = IdempotencyKeys(state.idempotency)
+        #: output id -> its storage key, so a download finds its file without a listing
+        self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}
         self.counts: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         for rec in self.tasks.values():
@@ -196,6 +198,8 @@ class RegistryCore:
         if self.tasks.get(rec.id) is rec and rec.status.is_final:
             del self.tasks[rec.id]
             self.commits.stage("task", rec.id, None)
+            for output in rec.outputs:
+                self.output_keys.pop(output["id"], None)
             if self.payloads.pop(rec.id, None) is not None:
                 self.commits.stage("payload", rec.id, None)
 
@@ -219,7 +223,11 @@ class RegistryCore:
         if outcome["progress"] is not None:
             self._progress(rec, outcome["progress"])
         # the record lists the outputs of the attempt that counts: the latest one
+        for output in rec.outputs:
+            self.output_keys.pop(output["id"], None)
         rec.outputs = list(outcome["outputs"])
+        for output in rec.outputs:
+            self.output_keys[output["id"]] = output["key"]
         if outcome["ok"]:
             if isinstance(outcome["duration"], float):
                 self.dispatch.observe(rec.queue, outcome["duration"])

@@ -66,6 +66,10 @@ class Reads:
                 return {"storage": storage, "key": output["key"], "name": output["name"]}
         return {"storage": storage, "key": None, "names": [o["name"] for o in rec.outputs]}
 
+    def output_key(self, output_id: str) -> str | None:
+        """The storage key of an output by its id (the local download route's lookup)."""
+        return self.core.output_keys.get(output_id)
+
     async def exists(self, task_ids: list[str]) -> list[bool]:
         tasks = self.core.tasks
         await self.committed(tasks[t] for t in task_ids if t in tasks)

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from raybeam import middleware
+from raybeam import keys, middleware
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, Settings
 from raybeam.core import RegistryCore
 from raybeam.dispatch import Dispatcher
@@ -44,15 +44,20 @@ class Registry:
     def __init__(
         self,
         storage_url: str,
-        signing_key: str,
         public_url: str,
         output_url_expires: int,
         retention_seconds: int = 7 * 86400,
+        fsync: bool = True,
     ) -> None:
         logging.getLogger("raybeam").setLevel(logging.INFO)
-        storage = Storage(storage_url, signing_key=signing_key or None, public_url=public_url)
+        # keys come from Ray's key-value store (published by the creator), never as actor
+        # arguments, which Ray's dashboard and state API show
+        signing_key, webhook_key = keys.configured_keys()
+        storage = Storage(
+            storage_url, signing_key=signing_key, webhook_key=webhook_key, public_url=public_url
+        )
         self.core = RegistryCore(
-            Journal(storage.fs, storage.path("registry")),
+            Journal(storage.fs, storage.path("registry"), fsync=fsync),
             storage,
             output_url_expires=output_url_expires,
             retention_seconds=retention_seconds,
@@ -146,6 +151,11 @@ class Registry:
         await self.core.boot()
         return await self.reads.output_location(task_id, name)
 
+    async def output_key(self, output_id: str) -> str | None:
+        """Where the output with this id is stored, None for an unknown id."""
+        await self.core.boot()
+        return self.reads.output_key(output_id)
+
     async def exists(self, task_ids: list[str]) -> list[bool]:
         await self.core.boot()
         return await self.reads.exists(task_ids)
@@ -191,9 +201,10 @@ class Registry:
 
 def create_registry(s: Settings) -> Any:
     """The registry actor, created with these settings (or the live one, if there is one)."""
+    keys.publish_secrets(s, tokens=False)
     return Registry.options(  # type: ignore[attr-defined]
         name=REGISTRY_NAME,
         namespace=REGISTRY_NAMESPACE,
         lifetime="detached",
         get_if_exists=True,
-    ).remote(s.storage_url, s.signing_key, s.base_url, s.output_url_expires, s.retention_seconds)
+    ).remote(s.storage_url, s.base_url, s.output_url_expires, s.retention_seconds, s.fsync)

@@ -4,7 +4,8 @@ One URL names everything: a local folder, `file://...`, `s3://bucket/prefix` or 
 fsspec protocol. Outputs live under `outputs/`, the generated keys under `keys/` (keys.py).
 Storage that can presign (S3) hands out presigned URLs; any other gets HMAC-signed links to
 the HTTP API's `/output/id/<output_id>` route, which checks them with `verify_local_link`
-and finds the file with `find_output` (one stat: the link names the file's folders).
+and finds the file with `find_output` (one stat, given where the registry says the output
+is).
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ class Storage:
     def find_output(self, output_id: str, path: str | None = None) -> str | None:
         """The key of the output with this id (`outputs/<queue>/<task_id>/<output_id>/<name>`).
 
-        `path` is a local link's `path` parameter (`<queue>/<task_id>/<name>`): with it the
-        answer costs one stat, however many outputs are stored. Without it (links made before
-        they carried one) every output folder is listed. Check the link before calling this.
+        `path` is `<queue>/<task_id>/<name>`, from the registry's `output_key`: with it the
+        answer costs one stat, however many outputs are stored. Without it (an output the
+        registry no longer knows) every output folder is listed. Check the link first.
         """
         if not _is_hex(output_id):
             return None
@@ -217,9 +218,9 @@ class Storage:
         """A URL that downloads `key` for `expires_in` seconds.
 
         Presigned by the filesystem when it can; otherwise
-        `<public_url>/output/id/<output_id>?expires=<unix>&path=<queue>/<task_id>/<name>&signature=<hmac>`,
-        which the HTTP API serves after `verify_local_link` (the signature covers the id and
-        expiry; `path` says where `find_output` looks for that id's file).
+        `<public_url>/output/id/<output_id>?expires=<unix>&signature=<hmac>` (SPEC §3), which
+        the HTTP API serves after `verify_local_link`, asking the registry where that id's
+        file is (no listing of storage).
         """
         if expires_in <= 0:
             raise ValueError(f"expires_in must be a positive number of seconds, got {expires_in}")
@@ -228,9 +229,6 @@ class Storage:
         expires = int(time.time()) + int(expires_in)
         base = self.public_url or config.settings().base_url
         params: dict[str, str | int] = {"expires": expires}
-        parts = key.strip("/").split("/")
-        if len(parts) == 5 and parts[0] == OUTPUTS and parts[3] == output_id:
-            params["path"] = "/".join((parts[1], parts[2], parts[4]))
         params["signature"] = self._link_signature(output_id, expires)
         return f"{base}/output/id/{output_id}?{urlencode(params)}"
 
