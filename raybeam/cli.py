@@ -5,6 +5,7 @@
     raybeam task list [--queue Q] [--status S] [--limit N] [--json]
     raybeam task get ID
     raybeam task cancel ID [ID ...]
+    raybeam task retry ID [ID ...]
     raybeam status [--json]
     raybeam keys webhook
 
@@ -35,7 +36,7 @@ from raybeam.errors import RaybeamError
 from raybeam.queue import TaskQueue
 from raybeam.record import TaskStatus
 from raybeam.storage import storage_from_settings
-from raybeam.task import get_task
+from raybeam.task import get_task, retry_tasks
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     put.add_argument("--callback-url", help="webhook for this task, overriding the queue's")
     put.set_defaults(run=_put)
 
-    task = sub.add_parser("task", help="list, show or cancel tasks")
+    task = sub.add_parser("task", help="list, show, cancel or requeue tasks")
     task_sub = task.add_subparsers(title="task commands", metavar="ACTION", required=True)
     ls = task_sub.add_parser("list", help="tasks, newest first")
     ls.add_argument("--queue")
@@ -135,6 +136,9 @@ def _parser() -> argparse.ArgumentParser:
     cancel = task_sub.add_parser("cancel", help="cancel tasks that are not final")
     cancel.add_argument("task_ids", nargs="+", metavar="TASK_ID")
     cancel.set_defaults(run=_task_cancel)
+    retry = task_sub.add_parser("retry", help="requeue final tasks as new ones")
+    retry.add_argument("task_ids", nargs="+", metavar="TASK_ID")
+    retry.set_defaults(run=_task_retry)
 
     status = sub.add_parser("status", help="queues, their depths and workers")
     status.add_argument("--json", action="store_true")
@@ -243,6 +247,12 @@ def _task_cancel(ns: argparse.Namespace, out: TextIO) -> int:
     cancelled: list[str] = connection.call("cancel", [t.id for t in tasks])
     for task in tasks:
         print(f"{task.id} {'cancelled' if task.id in cancelled else 'already final'}", file=out)
+    return 0
+
+
+def _task_retry(ns: argparse.Namespace, out: TextIO) -> int:
+    for task, old in zip(retry_tasks(ns.task_ids), ns.task_ids, strict=True):
+        print(f"{old} requeued as {task.id}", file=out)
     return 0
 
 

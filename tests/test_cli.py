@@ -231,3 +231,25 @@ def test_main_is_the_console_script() -> None:
     text = (root / "pyproject.toml").read_text()
     assert 'raybeam = "raybeam.cli:main"' in text
     assert textwrap.dedent(main.__doc__ or "").strip()
+
+
+def test_task_retry_requeues_final_tasks(cli_env: dict[str, str], tmp_path: Path) -> None:
+    import raybeam as rb
+    from raybeam.cli import find_queues, load_app
+
+    app = tmp_path / "app_retry.py"
+    app.write_text(APP)
+    for queue in find_queues(load_app(str(app))):
+        queue.register()
+    done_id = raybeam(cli_env, "put", ECHO, "--kwargs", '{"x": 4}').stdout.strip()
+    rb.Task(done_id).result(timeout=60)
+    stuck_id = raybeam(cli_env, "put", STUCK).stdout.strip()
+
+    out = raybeam(cli_env, "task", "retry", done_id).stdout
+    assert out.startswith(f"{done_id} requeued as ")
+    new_id = out.split()[-1]
+    assert rb.Task(new_id).result(timeout=60) == {"sum": 4}
+    assert rb.Task(new_id).info()["retry_of"] == done_id
+    not_final = raybeam(cli_env, "task", "retry", stuck_id, ok=False)
+    assert not_final.returncode == 1 and "only a final task" in not_final.stderr
+    rb.Task(stuck_id).cancel()
