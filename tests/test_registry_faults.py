@@ -209,3 +209,19 @@ def test_warm_pools_make_one_autoscaler_request_that_falls(
     wait_for(lambda: {"CPU": 0.35} in requested())
     raybeam.wait(tasks, timeout=60)
     wait_for(lambda: {"CPU": 0.35} not in requested(), timeout=30)
+
+
+def test_a_warm_queue_registered_again_gets_new_containers(
+    ray_cluster: Any, unique_name: str
+) -> None:
+    def where() -> str:
+        return str(ray.get_runtime_context().get_actor_id())
+
+    first = task_queue(name=unique_name, cpu=0.5, keep_warm_seconds=30)(where)
+    old = first.put().result(timeout=60)
+    assert first.put().result(timeout=60) == old  # warm: the same container
+    # the same code with other resources: new tasks run on a container of the new definition
+    second = task_queue(name=unique_name, cpu=0.25, keep_warm_seconds=30)(where)
+    new = second.put().result(timeout=60)
+    assert new != old
+    assert second.put().result(timeout=60) == new
