@@ -1,6 +1,6 @@
 """The `raybeam` command (SPEC §7): serve an app file, enqueue, read and cancel tasks, status.
 
-    raybeam serve app.py [--host 127.0.0.1] [--port 8000] [--detach]
+    raybeam serve app.py [--host 127.0.0.1] [--port 8000] [--detach] [--insecure-no-auth]
     raybeam put QUEUE [--args '[...]'] [--kwargs '{...}'] [--callback-url URL]
     raybeam task list [--queue Q] [--status S] [--limit N] [--json]
     raybeam task get ID
@@ -105,6 +105,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind [RAYBEAM_HTTP_HOST or 127.0.0.1]")
     serve.add_argument("--port", type=_positive, help="port [RAYBEAM_HTTP_PORT or 8000]")
     serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="serve a non-loopback --host with no RAYBEAM_AUTH_TOKENS (anyone who reaches "
+        "it can enqueue and read tasks)",
+    )
+    serve.add_argument(
         "--detach",
         action="store_true",
         help="deploy and return at once (the Ray cluster must outlive this command: RAY_ADDRESS or `ray start`)",
@@ -183,7 +189,9 @@ def find_queues(module: ModuleType) -> list[TaskQueue[Any, Any]]:
 
 
 def _serve(ns: argparse.Namespace, out: TextIO) -> int:
-    from serve_app.deployment import deploy, undeploy
+    from serve_app.deployment import check_bind, deploy, undeploy
+
+    check_bind(settings(), ns.host or settings().http_host, ns.insecure_no_auth)
 
     queues = find_queues(load_app(ns.app))
     if not queues:
@@ -195,7 +203,7 @@ def _serve(ns: argparse.Namespace, out: TextIO) -> int:
         print(
             "warning: RAYBEAM_AUTH_TOKENS is not set; the HTTP API takes requests without a token"
         )
-    url = deploy(ns.host, ns.port)
+    url = deploy(ns.host, ns.port, insecure_no_auth=ns.insecure_no_auth)
     names = ", ".join(q.name for q in queues)
     print(f"raybeam HTTP API at {url} (queues: {names})", file=out, flush=True)
     if ns.detach:

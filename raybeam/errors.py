@@ -76,3 +76,7 @@ class CorruptBlob(RaybeamError, ValueError):
     def __init__(self, digest: str, message: str) -> None:
         self.digest = digest
         super().__init__(message)
+
+
+class StorageInUse(RaybeamError):
+    """Another registry (of another Ray cluster) holds the storage's lease."""

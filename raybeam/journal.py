@@ -36,7 +36,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from raybeam import config
-from raybeam.errors import CorruptBlob
+from raybeam.errors import CorruptBlob, StorageInUse
 from raybeam.keys import fsync_folder
 
 log = logging.getLogger("raybeam.journal")
@@ -287,6 +287,8 @@ class GroupCommit:
         self.writing: dict[tuple[str, str], Any] = {}
         #: a test hook: while True, batches wait before they are written
         self.held = False
+        #: False once this registry may not write (its storage lease was taken)
+        self.allowed: Callable[[], bool] = lambda: True
         self.waiters: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
         self.compacting: asyncio.Task[None] | None = None
@@ -315,6 +317,13 @@ class GroupCommit:
                 continue
             while self.held:
                 await asyncio.sleep(0.02)
+            if not self.allowed():  # fenced: another registry holds the storage now
+                batch, waiters = self.staged, self.waiters
+                self.staged, self.waiters = {}, []
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_exception(StorageInUse("this registry lost the storage's lease"))
+                continue
             batch, waiters = self.staged, self.waiters
             self.staged, self.waiters, self.writing = {}, [], batch
             try:

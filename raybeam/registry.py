@@ -12,6 +12,7 @@ nothing on the worker side imports it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from typing import Any
@@ -23,10 +24,13 @@ from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, Settings
 from raybeam.core import RegistryCore
 from raybeam.dispatch import Dispatcher
 from raybeam.errors import RaybeamError
+from raybeam.fencing import StorageLease, cluster_id
 from raybeam.intake import Intake
 from raybeam.journal import Journal
 from raybeam.reads import Reads
 from raybeam.storage import Storage
+
+log = logging.getLogger("raybeam.registry")
 
 
 # Not restartable by Ray on purpose: Ray's memory monitor kills "retriable" workers (actors
@@ -41,6 +45,10 @@ from raybeam.storage import Storage
     max_concurrency=10_000,
 )
 class Registry:
+    core: RegistryCore
+    reads: Reads
+    intake: Intake
+
     def __init__(
         self,
         storage_url: str,
@@ -53,36 +61,66 @@ class Registry:
         # keys come from Ray's key-value store (published by the creator), never as actor
         # arguments, which Ray's dashboard and state API show
         signing_key, webhook_key = keys.configured_keys()
-        storage = Storage(
+        self.storage = Storage(
             storage_url, signing_key=signing_key, webhook_key=webhook_key, public_url=public_url
         )
-        self.core = RegistryCore(
-            Journal(storage.fs, storage.path("registry"), fsync=fsync),
-            storage,
-            output_url_expires=output_url_expires,
-            retention_seconds=retention_seconds,
-            incarnation=uuid.uuid4().hex[:8],
-            dispatch=Dispatcher,
-            middleware=middleware.default,
+        self.settings = (output_url_expires, retention_seconds, fsync)
+        self.incarnation = uuid.uuid4().hex[:8]
+        self.storage_lease = StorageLease(
+            self.storage.fs, self.storage.path("registry"), cluster_id(), self.incarnation
         )
-        self.reads = Reads(self.core)
-        self.intake = Intake(self.core)
+        self.starting = asyncio.Lock()
+        self.started_up = False
         # Resume unfinished work even if no client calls in after a restart.
         ray.get_runtime_context().current_actor.ping.remote()
 
-    async def ping(self) -> dict[str, Any]:
+    async def _ready(self) -> None:
+        """Take the storage's lease (StorageInUse while another cluster's registry holds
+        it), load the state, boot; once, before any call is answered."""
+        if not self.started_up:
+            async with self.starting:
+                if not self.started_up:
+                    await asyncio.to_thread(self.storage_lease.acquire)
+                    self.core = await asyncio.to_thread(self._load)
+                    self.reads, self.intake = Reads(self.core), Intake(self.core)
+                    self.core.commits.allowed = lambda: self.storage_lease.held
+                    self.core.spawn(self._renew_lease())
+                    self.started_up = True
         await self.core.boot()
+
+    def _load(self) -> RegistryCore:
+        output_url_expires, retention_seconds, fsync = self.settings
+        return RegistryCore(
+            Journal(self.storage.fs, self.storage.path("registry"), fsync=fsync),
+            self.storage,
+            output_url_expires=output_url_expires,
+            retention_seconds=retention_seconds,
+            incarnation=self.incarnation,
+            dispatch=Dispatcher,
+            middleware=middleware.default,
+        )
+
+    async def _renew_lease(self) -> None:
+        while self.storage_lease.held:
+            await asyncio.sleep(self.storage_lease.seconds / 3)
+            try:
+                await asyncio.to_thread(self.storage_lease.renew)
+            except Exception:  # storage away: try again; the lease outlives a few misses
+                log.warning("could not renew the storage's lease", exc_info=True)
+
+    async def ping(self) -> dict[str, Any]:
+        await self._ready()
         return {"tasks": len(self.core.tasks), "load_problems": self.core.load_problems}
 
     async def purge(self, older_than_seconds: float) -> int:
         """Forget final tasks that ended over `older_than_seconds` ago, outputs included."""
-        await self.core.boot()
+        await self._ready()
         return sum([await hook.purge(older_than_seconds) for hook in self.core.hooks])
 
     # ---- writes ---------------------------------------------------------------------
 
     async def register_queue(self, definition: dict[str, Any], blob: bytes) -> None:
-        await self.core.boot()
+        await self._ready()
         await self.intake.register_queue(definition, blob)
 
     async def submit(
@@ -93,7 +131,7 @@ class Registry:
         A `client` holding a lease on the queue (see `lease`) fills its leased slots first.
         Idempotent by id: an id already stored is skipped.
         """
-        await self.core.boot()
+        await self._ready()
         return await self.intake.submit(queue, items, client)
 
     async def submit_each(
@@ -101,101 +139,101 @@ class Registry:
     ) -> list[list[str] | RaybeamError]:
         """`submit` for several callers at once (the HTTP API's concurrent requests): each
         call is admitted or refused on its own, and all are stored in one write."""
-        await self.core.boot()
+        await self._ready()
         return await self.intake.submit_each(calls)
 
     async def lease(self, queue: str, client: str, want: int) -> int:
         """Set aside up to `want` more slots for `client`'s next puts; returns its slots now."""
-        await self.core.boot()
+        await self._ready()
         return self.intake.lease(queue, client, want)
 
     async def started(self, task_id: str, run: str, container_id: str) -> None:
         """A worker began an attempt. Stored with the next batch; nobody waits on this, and a
         registry that dies before storing it finds the task unstarted and runs it again."""
-        await self.core.boot()
+        await self._ready()
         self.core.started(task_id, run, container_id)
 
     async def cancel(self, task_ids: list[str]) -> list[str]:
-        await self.core.boot()
+        await self._ready()
         return await self.intake.cancel(task_ids)
 
     async def retry_tasks(
         self, task_ids: list[str] | None, queue: str | None, status: str | None, limit: int
     ) -> list[dict[str, str]]:
         """Requeue final tasks as new ones: `[{"task_id": new, "retry_of": old}]`."""
-        await self.core.boot()
+        await self._ready()
         return await self.intake.requeue(task_ids, queue, status, limit)
 
     async def progress(self, task_id: str, run: str, value: Any) -> None:
         """A running attempt's latest progress; fire and forget (workers coalesce)."""
-        await self.core.boot()
+        await self._ready()
         self.core.progress(task_id, run, value)
 
     # ---- reads, answered from what is stored -----------------------------------------
 
     async def queue_info(self, name: str) -> dict[str, Any] | None:
-        await self.core.boot()
+        await self._ready()
         return self.core.definition(name)
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
-        await self.core.boot()
+        await self._ready()
         return await self.reads.get(task_id)
 
     async def history(self, task_id: str) -> list[tuple[str, float]] | None:
         """Every status the task has had, with the time it began."""
-        await self.core.boot()
+        await self._ready()
         return await self.reads.history(task_id)
 
     async def output_location(self, task_id: str, name: str | None) -> dict[str, Any] | None:
         """Where a task's output is stored: the storage URL and its key (first one by default)."""
-        await self.core.boot()
+        await self._ready()
         return await self.reads.output_location(task_id, name)
 
     async def output_key(self, output_id: str) -> str | None:
         """Where the output with this id is stored, None for an unknown id."""
-        await self.core.boot()
+        await self._ready()
         return self.reads.output_key(output_id)
 
     async def exists(self, task_ids: list[str]) -> list[bool]:
-        await self.core.boot()
+        await self._ready()
         return await self.reads.exists(task_ids)
 
     async def statuses(self, task_ids: list[str]) -> dict[str, str | None]:
         """Each task's status name, None for an unknown id (one round trip for many)."""
-        await self.core.boot()
+        await self._ready()
         return await self.reads.statuses(task_ids)
 
     async def wait_final(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
         """The record once final, or as it is when `timeout` seconds pass first."""
-        await self.core.boot()
+        await self._ready()
         return await self.reads.wait_final(task_id, timeout)
 
     async def watch(self, task_id: str, seen: str | None, timeout: float) -> dict[str, Any] | None:
         """The record once its status differs from `seen` (or after `timeout` seconds)."""
-        await self.core.boot()
+        await self._ready()
         return await self.reads.watch(task_id, seen, timeout)
 
     async def wait_any(self, task_ids: list[str], timeout: float) -> list[str]:
         """The ids among `task_ids` that are final or unknown, waiting up to `timeout` seconds
         for the first one."""
-        await self.core.boot()
+        await self._ready()
         return await self.reads.wait_any(task_ids, timeout)
 
     async def list(
         self, queue: str | None, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Records newest first; `cursor` is the id of the last record of the previous page."""
-        await self.core.boot()
+        await self._ready()
         return await self.reads.list(queue, status, limit, cursor)
 
     async def queue_stats(self) -> dict[str, dict[str, Any]]:
-        await self.core.boot()
+        await self._ready()
         return self.reads.queue_stats()
 
     async def metrics(self) -> dict[str, Any]:
         """Plain data for the HTTP API's `GET /metrics`: `queues` (as `queue_stats()`) and
         the latency histograms of `raybeam.middleware.metrics`."""
-        await self.core.boot()
+        await self._ready()
         return self.reads.metrics()
 
 

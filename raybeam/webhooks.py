@@ -1,7 +1,12 @@
-"""Webhooks (SPEC §4): the payload, its signature, delivery with retries, and `verify_webhook`.
+"""Webhooks (SPEC §4, §10): the payload, its signature, bounded delivery with retries, and
+`verify_webhook`.
 
-Pure logic with no Ray in it: the registry calls `deliver()` on every final status and records
-each attempt on the task through `on_attempt`.
+Pure logic with no Ray in it: the webhook sender (raybeam/sender.py, an actor of its own, so
+no receiver can slow or crash the registry) runs `attempts()` for each final status, and the
+registry records each attempt on the task. An attempt goes only to an address the callback
+rule allows (raybeam/destinations.py), checked on the addresses it then connects to; it
+follows no redirect, reads at most `MAX_ANSWER` bytes of the answer and never decompresses
+it, and ends after `RAYBEAM_WEBHOOK_TIMEOUT` seconds in all, however the receiver drips.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import hmac
 import inspect
 import json
 import logging
+import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -21,16 +27,26 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from raybeam.destinations import (
+    NOT_ALLOWED,
+    DestinationLimits,
+    InvalidCallbackUrl,
+    resolve_destination,
+    validate_callback_url,
+)
 from raybeam.errors import RaybeamError
 
 __all__ = [
     "FINAL_STATUSES",
     "DeliveryPolicy",
+    "DestinationLimits",
     "InvalidCallbackUrl",
     "InvalidWebhookSignature",
+    "attempts",
     "build_payload",
     "build_request",
     "deliver",
+    "new_client",
     "sign",
     "validate_callback_url",
     "verify_webhook",
@@ -57,41 +73,6 @@ _RETRY_ERRORS: tuple[type[Exception], ...] = (
 
 class InvalidWebhookSignature(RaybeamError, ValueError):
     """A webhook request whose headers, signature, timestamp or body cannot be trusted."""
-
-
-class InvalidCallbackUrl(RaybeamError, ValueError):
-    """A `callback_url` that is not an absolute http(s) URL with a host."""
-
-
-def validate_callback_url(url: str | None) -> str | None:
-    """Return `url` unchanged when it is None or an absolute http(s) URL with a host.
-
-    >>> validate_callback_url("https://example.com/hook")
-    'https://example.com/hook'
-    """
-    if url is None:
-        return None
-    if not isinstance(url, str):
-        raise InvalidCallbackUrl(
-            f"callback_url must be a string such as 'https://example.com/hook', "
-            f"got {type(url).__name__}"
-        )
-    try:
-        parts = urlsplit(url.strip())
-        port_ok = parts.port is None or parts.port > 0
-    except ValueError:
-        parts, port_ok = None, False
-    if parts is None or parts.scheme.lower() not in ("http", "https"):
-        raise InvalidCallbackUrl(
-            f"callback_url {url!r} is not an http(s) URL; "
-            "give an absolute URL such as 'https://example.com/hook'"
-        )
-    if not parts.hostname or not port_ok:
-        raise InvalidCallbackUrl(
-            f"callback_url {url!r} has no valid host and port; "
-            "give an absolute URL such as 'https://example.com/hook'"
-        )
-    return url
 
 
 def build_payload(
@@ -145,7 +126,7 @@ def verify_webhook(
     """Check a raybeam webhook request and return its JSON payload.
 
     Pass the raw request body (not re-serialised JSON), the request headers (names in any
-    case) and the signing key (`RAYBEAM_SIGNING_KEY`). Raises `InvalidWebhookSignature` when a
+    case) and the webhook key (`RAYBEAM_WEBHOOK_KEY`; `raybeam keys webhook` prints it). Raises `InvalidWebhookSignature` when a
     header is missing, the signature does not match, the timestamp is more than `tolerance`
     seconds from now (a replay), or the body is not a JSON object.
 
@@ -159,7 +140,7 @@ def verify_webhook(
         @app.post("/hook")
         async def hook(request: Request) -> dict[str, str]:
             try:
-                event = verify_webhook(await request.body(), request.headers, SIGNING_KEY)
+                event = verify_webhook(await request.body(), request.headers, WEBHOOK_KEY)
             except InvalidWebhookSignature as e:
                 raise HTTPException(status_code=401, detail=str(e)) from e
             print(event["task_id"], event["status"], event["data"])
@@ -184,8 +165,8 @@ def verify_webhook(
     given = lowered[HEADER_SIGNATURE.lower()].strip()
     if not hmac.compare_digest(expected.encode(), given.encode()):
         raise InvalidWebhookSignature(
-            f"{HEADER_SIGNATURE} does not match the body; check that the signing key is "
-            "RAYBEAM_SIGNING_KEY and that the raw body is passed unchanged"
+            f"{HEADER_SIGNATURE} does not match the body; check that the key is the webhook "
+            "key (`raybeam keys webhook`) and that the raw body is passed unchanged"
         )
     skew = abs(time.time() - timestamp)
     if skew > tolerance:
@@ -204,17 +185,60 @@ def verify_webhook(
     return payload
 
 
+#: the most bytes of an answer an attempt reads; the rest is cut off unread
+MAX_ANSWER = 64 * 1024
+#: concurrent connections of one sender in all
+MAX_CONNECTIONS = 500
+#: seconds an attempt may take in all, unless RAYBEAM_WEBHOOK_TIMEOUT says otherwise
+TIMEOUT = 30.0
+TIMEOUT_ENV = "RAYBEAM_WEBHOOK_TIMEOUT"
+
+
 @dataclass(frozen=True)
 class DeliveryPolicy:
-    """How hard `deliver()` tries: attempts in all, and the first backoff (doubled each retry)."""
+    """How hard `deliver()` tries: attempts in all, and the first backoff (doubled each retry).
+
+    `total_timeout` bounds each attempt from name lookup to the last byte read; None reads
+    `RAYBEAM_WEBHOOK_TIMEOUT` [30] when the attempt starts.
+    """
 
     attempts: int = 3
     backoff: float = 1.0
     connect_timeout: float = 5.0
     read_timeout: float = 10.0
+    total_timeout: float | None = None
 
 
 _DEFAULT_POLICY = DeliveryPolicy()
+
+
+def total_timeout(policy: DeliveryPolicy) -> float:
+    if policy.total_timeout is not None:
+        return policy.total_timeout
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        value = float(raw) if raw else TIMEOUT
+    except ValueError:
+        value = 0.0
+    if value <= 0:
+        logger.warning("%s=%r is not a positive number; using %g s", TIMEOUT_ENV, raw, TIMEOUT)
+        return TIMEOUT
+    return value
+
+
+def new_client() -> httpx.AsyncClient:
+    """The HTTP client of deliveries: no redirects, no proxies from the environment (the
+    checked address is the one connected to), and no connection kept between attempts (a
+    connection made for one name is never reused for another)."""
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=0),
+    )
+
+
+class _NotAllowed(Exception):
+    pass
 
 
 def _now_iso() -> str:
@@ -225,6 +249,115 @@ def _short_error(error: BaseException) -> str:
     text = str(error).strip()
     name = type(error).__name__
     return f"{name}: {text}"[:300] if text else name
+
+
+async def _post(
+    http: httpx.AsyncClient,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    timeout: httpx.Timeout,
+) -> int:
+    """One POST to the checked address of `url`; the answer's status code."""
+    try:
+        destination = await resolve_destination(url)
+    except OSError as exc:  # the name does not resolve (now): a connection error
+        raise httpx.ConnectError(f"cannot resolve the host of {url}: {exc}") from None
+    if destination is None:
+        raise _NotAllowed
+    address = destination.addresses[0]
+    target = httpx.URL(url).copy_with(host=str(address))
+    sent = {
+        **headers,
+        "Host": urlsplit(url).netloc.rpartition("@")[2],
+        "Accept-Encoding": "identity",
+    }
+    extensions = {"sni_hostname": destination.host} if destination.scheme == "https" else {}
+    async with http.stream(
+        "POST", target, content=body, headers=sent, timeout=timeout, extensions=extensions
+    ) as response:
+        read = 0
+        async for chunk in response.aiter_raw():  # raw: never decompressed
+            read += len(chunk)
+            if read >= MAX_ANSWER:
+                break  # the rest of the answer is never read: closing drops it
+        return response.status_code
+
+
+async def _attempt(
+    http: httpx.AsyncClient, url: str, payload: dict[str, Any], key: bytes, policy: DeliveryPolicy
+) -> tuple[dict[str, Any], bool]:
+    """One attempt, bounded in time: (its record, whether to try again)."""
+    timeout = httpx.Timeout(
+        connect=policy.connect_timeout,
+        read=policy.read_timeout,
+        write=policy.read_timeout,
+        pool=policy.connect_timeout,
+    )
+    at = _now_iso()
+    limit = total_timeout(policy)
+    # Signed afresh each attempt so a late retry is not rejected as stale.
+    body, headers = build_request(payload, key)
+    try:
+        code = await asyncio.wait_for(_post(http, url, body, headers, timeout), limit)
+    except _NotAllowed:
+        return {"at": at, "error": NOT_ALLOWED}, False
+    except asyncio.TimeoutError:
+        return {"at": at, "error": f"timeout: no complete answer within {limit:g} s"}, False
+    except _RETRY_ERRORS as e:
+        return {"at": at, "error": _short_error(e)}, True
+    except Exception as e:
+        return {"at": at, "error": _short_error(e)}, False
+    return {"at": at, "status_code": code}, code in _RETRY_STATUS_CODES or code >= 500
+
+
+async def attempts(
+    url: str,
+    payload: dict[str, Any],
+    key: bytes,
+    policy: DeliveryPolicy = _DEFAULT_POLICY,
+    client: httpx.AsyncClient | None = None,
+    limits: DestinationLimits | None = None,
+) -> AsyncIterator[dict[str, Any]]:
+    """POST `payload` to `url`, retrying as SPEC §4 says; yields each attempt as
+    `{"at", "status_code"}` or `{"at", "error"}`, and ends after a 2xx answer or the last try.
+
+    An attempt waits for a slot of its destination in `limits` (not counted in its time).
+    Never raises except `asyncio.CancelledError`.
+
+    >>> [a async for a in attempts(url, payload, key)]  # doctest: +SKIP
+    [{'at': '2026-05-22T23:20:01.12Z', 'status_code': 200}]
+    """
+    own_client = client is None
+    http = client if client is not None else new_client()
+    limits = limits if limits is not None else DestinationLimits()
+    task_id = payload.get("task_id")
+    try:
+        for attempt in range(1, max(1, policy.attempts) + 1):
+            async with limits.slot(url):
+                record, retry = await _attempt(http, url, payload, key, policy)
+            yield record
+            code = record.get("status_code")
+            if isinstance(code, int) and 200 <= code < 300:
+                return
+            logger.warning(
+                "webhook for task %s to %s: attempt %d/%d failed (%s)",
+                task_id,
+                url,
+                attempt,
+                policy.attempts,
+                record.get("error", code),
+            )
+            if not retry or attempt >= policy.attempts:
+                break
+            await asyncio.sleep(policy.backoff * 2 ** (attempt - 1))
+        logger.error("webhook for task %s to %s was not delivered", task_id, url)
+    finally:
+        if own_client:
+            try:
+                await http.aclose()
+            except Exception:
+                logger.exception("closing the webhook HTTP client failed")
 
 
 async def _record(
@@ -246,60 +379,16 @@ async def deliver(
     on_attempt: Callable[[dict[str, Any]], Awaitable[None] | None],
     policy: DeliveryPolicy = _DEFAULT_POLICY,
     client: httpx.AsyncClient | None = None,
+    limits: DestinationLimits | None = None,
 ) -> bool:
-    """POST `payload` to `url`, retrying as SPEC §4 says; True once a 2xx answer arrives.
-
-    Each attempt is passed to `on_attempt` as `{"at", "status_code"}` or `{"at", "error"}`.
-    Never raises except `asyncio.CancelledError`; failures are logged and recorded.
+    """`attempts()`, each passed to `on_attempt`; True once a 2xx answer arrives.
 
     >>> asyncio.run(deliver(url, payload, key, attempts.append))  # doctest: +SKIP
+    True
     """
-    timeout = httpx.Timeout(
-        connect=policy.connect_timeout,
-        read=policy.read_timeout,
-        write=policy.read_timeout,
-        pool=policy.connect_timeout,
-    )
-    own_client = client is None
-    http = client if client is not None else httpx.AsyncClient(timeout=timeout)
-    task_id = payload.get("task_id")
-    try:
-        for attempt in range(1, max(1, policy.attempts) + 1):
-            at = _now_iso()
-            retry = False
-            try:
-                # Signed afresh each attempt so a late retry is not rejected as stale.
-                body, headers = build_request(payload, key)
-                response = await http.post(url, content=body, headers=headers, timeout=timeout)
-            except _RETRY_ERRORS as e:
-                record: dict[str, Any] = {"at": at, "error": _short_error(e)}
-                retry = True
-            except Exception as e:
-                record = {"at": at, "error": _short_error(e)}
-            else:
-                code = response.status_code
-                record = {"at": at, "status_code": code}
-                if 200 <= code < 300:
-                    await _record(on_attempt, record)
-                    return True
-                retry = code in _RETRY_STATUS_CODES or code >= 500
-            await _record(on_attempt, record)
-            logger.warning(
-                "webhook for task %s to %s: attempt %d/%d failed (%s)",
-                task_id,
-                url,
-                attempt,
-                policy.attempts,
-                record.get("error", record.get("status_code")),
-            )
-            if not retry or attempt >= policy.attempts:
-                break
-            await asyncio.sleep(policy.backoff * 2 ** (attempt - 1))
-    finally:
-        if own_client:
-            try:
-                await http.aclose()
-            except Exception:
-                logger.exception("closing the webhook HTTP client failed")
-    logger.error("webhook for task %s to %s was not delivered", task_id, url)
-    return False
+    delivered = False
+    async for attempt in attempts(url, payload, key, policy, client, limits):
+        code = attempt.get("status_code")
+        delivered = isinstance(code, int) and 200 <= code < 300
+        await _record(on_attempt, attempt)
+    return delivered

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from fastapi import FastAPI
 
 from serve_app import enqueue, errors, metrics, outputs, tasks
+from serve_app.guard import Guard
+from serve_app.limits import StreamSlots
 from serve_app.registry import RayRegistry, RegistryClient
 from serve_app.schemas import Health
 
@@ -26,7 +28,10 @@ def create_app(
     # None: RAYBEAM_AUTH_TOKENS, read where the app runs (a Serve replica, not the deployer)
     app.state.auth_tokens = None if tokens is None else tuple(tokens)
     app.state.registry = registry if registry is not None else RayRegistry()
+    app.state.streams = StreamSlots()
     errors.install(app)
+    # auth, Host and Origin from the headers, then a capped body with a deadline (SPEC §10)
+    app.add_middleware(Guard)
 
     @app.get("/healthz", response_model=Health, tags=["service"], summary="Liveness")
     async def healthz() -> Health:

@@ -1,9 +1,11 @@
 """Token checks (SPEC §3): `Authorization: Bearer <token>`, or `Basic` with the token itself,
 base64 of the token, or base64 of `user:token`. Tokens come from `RAYBEAM_AUTH_TOKENS`.
 
-With no token configured the API is open: that suits a laptop, where it binds 127.0.0.1 by
-default, and the deployment logs a warning at start-up. Set `RAYBEAM_AUTH_TOKENS` before
-binding any other address.
+Every route but `/healthz`, the signed output links and enqueue on an `authorized=False`
+queue needs a token; the guard (guard.py) checks it from the headers before any body is
+read. With no token configured the API is open, for this machine only: `deploy()` refuses
+any other bind address unless told `insecure_no_auth`, and the guard answers 403 to requests
+for another Host or from another Origin. Set `RAYBEAM_AUTH_TOKENS` to serve anyone else.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import binascii
 import hmac
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader
@@ -92,5 +95,10 @@ async def require_token(
 
 
 def configured_tokens(request: Request) -> tuple[str, ...]:
-    tokens: tuple[str, ...] | None = request.app.state.auth_tokens
+    return configured_tokens_of(request.app)
+
+
+def configured_tokens_of(app: Any) -> tuple[str, ...]:
+    """The tokens `create_app` was given, else `RAYBEAM_AUTH_TOKENS` where the app runs."""
+    tokens: tuple[str, ...] | None = app.state.auth_tokens
     return settings().auth_tokens if tokens is None else tokens

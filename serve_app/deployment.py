@@ -7,13 +7,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
 
 from ray import serve
 from ray.serve.schema import LoggingConfig
 
-from raybeam import connection
+from raybeam import connection, keys
 from raybeam.config import Settings, settings
+from raybeam.destinations import ALLOWED_NETWORKS_ENV
+from raybeam.errors import InvalidConfiguration
+from raybeam.webhooks import TIMEOUT_ENV
+from serve_app import limits
 from serve_app.app import create_app
 
 log = logging.getLogger("raybeam.http")
@@ -30,12 +36,16 @@ api = create_app()
     name="raybeam_http",
     ray_actor_options={"num_cpus": 0},
     logging_config=QUIET,
-    # handlers mostly wait on the registry: let a replica hold many requests at once
-    max_ongoing_requests=64,
+    # Handlers mostly wait on the registry, and an event stream or a slow body holds its
+    # slot for long: room for every stream and as many other requests beside (SPEC §10).
+    max_ongoing_requests=limits.max_ongoing_requests(),
 )
 @serve.ingress(api)
 class HTTPAPI:
     def __init__(self) -> None:
+        # tokens and keys come from Ray's key-value store (published by the deployer), never
+        # through runtime_env, which Ray's dashboard shows
+        keys.adopt_secrets()
         if not settings().auth_tokens:
             log.warning(
                 "RAYBEAM_AUTH_TOKENS is not set: the HTTP API accepts requests without a token"
@@ -58,18 +68,49 @@ def replica_env(s: Settings, host: str, port: int) -> dict[str, str]:
     """The caller's settings as the environment of the HTTP replicas."""
     env = {
         "RAYBEAM_STORAGE": s.storage_url,  # resolved here: replicas run in another folder
-        "RAYBEAM_AUTH_TOKENS": ",".join(s.auth_tokens),
-        "RAYBEAM_SIGNING_KEY": s.signing_key,
         "RAYBEAM_PUBLIC_URL": s.public_url,
         "RAYBEAM_HTTP_HOST": host,
         "RAYBEAM_HTTP_PORT": str(port),
         "RAYBEAM_OUTPUT_URL_EXPIRES": str(s.output_url_expires),
     }
-    return {k: v for k, v in env.items() if v}
+    for name in (limits.BODY_TIMEOUT_ENV, limits.MAX_STREAMS_ENV, TIMEOUT_ENV):
+        env[name] = os.environ.get(name, "")
+    found = {k: v for k, v in env.items() if v}
+    # even when empty: the caller's rule, not whatever the cluster's processes inherited
+    found[ALLOWED_NETWORKS_ENV] = os.environ.get(ALLOWED_NETWORKS_ENV, "")
+    return found
 
 
-def deploy(host: str | None = None, port: int | None = None, blocking: bool = False) -> str:
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address: a bind that only this machine can reach."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(s: Settings, host: str, insecure_no_auth: bool) -> None:
+    """Refuse to serve an open API (no token configured) beyond this machine (SPEC §10)."""
+    if s.auth_tokens or insecure_no_auth or is_loopback(host):
+        return
+    raise InvalidConfiguration(
+        f"refusing to serve the HTTP API on {host} with no RAYBEAM_AUTH_TOKENS: anyone who can "
+        "reach that address could enqueue work and read every task. Set RAYBEAM_AUTH_TOKENS, "
+        "bind 127.0.0.1, or pass --insecure-no-auth if the network itself is trusted"
+    )
+
+
+def deploy(
+    host: str | None = None,
+    port: int | None = None,
+    blocking: bool = False,
+    insecure_no_auth: bool = False,
+) -> str:
     """Serve the HTTP API on the connected Ray cluster; returns its URL.
+
+    With no `RAYBEAM_AUTH_TOKENS` it binds only a loopback address, unless `insecure_no_auth`.
 
     >>> deploy("127.0.0.1", 8000)  # doctest: +SKIP
     'http://127.0.0.1:8000'
@@ -78,9 +119,13 @@ def deploy(host: str | None = None, port: int | None = None, blocking: bool = Fa
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # Serve's progress chatter
     host = host or s.http_host
     port = port or s.http_port
+    check_bind(s, host, insecure_no_auth)
+    connection.ensure_ray()
+    keys.publish_secrets(s)
     serve.start(http_options={"host": host, "port": port}, logging_config=QUIET)
     bound = HTTPAPI.options(  # type: ignore[attr-defined]
-        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": replica_env(s, host, port)}}
+        max_ongoing_requests=limits.max_ongoing_requests(),
+        ray_actor_options={"num_cpus": 0, "runtime_env": {"env_vars": replica_env(s, host, port)}},
     ).bind()
     url = f"http://{host}:{port}"
     serve.run(bound, name=APP_NAME, route_prefix="/", logging_config=QUIET, blocking=blocking)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +30,7 @@ STATUS_OF: tuple[tuple[type[RaybeamError], int], ...] = (
     (QueueFull, 429),
     (InvalidArguments, 422),
     (InvalidConfiguration, 422),
-    (InvalidCallbackUrl, 422),
+    (InvalidCallbackUrl, 400),
 )
 
 
@@ -45,6 +45,15 @@ class ApiError(Exception):
         self.error = error
         self.detail = detail
         self.headers = headers
+
+
+class BodyRefused(HTTPException):
+    """A body refused while it is read: too large (413) or too slow (408). An HTTPException,
+    which FastAPI's own body parsing passes on unchanged (it turns other errors into 400)."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(status, detail, {"Connection": "close"})
+        self.error = error
 
 
 def error_response(
@@ -64,6 +73,11 @@ async def _raybeam_error(request: Request, exc: Exception) -> Response:
             return error_response(status, type(exc).__name__, str(exc))
     log.error("unexpected raybeam error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(500, type(exc).__name__, str(exc))
+
+
+async def _body_refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BodyRefused)
+    return error_response(exc.status_code, exc.error, exc.detail, dict(exc.headers or {}))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -94,6 +108,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(BodyRefused, _body_refused)
     app.add_exception_handler(RaybeamError, _raybeam_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)

@@ -7,11 +7,12 @@ import mimetypes
 from collections.abc import Iterator
 from urllib.parse import quote
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from raybeam.storage import Storage, storage_from_settings
 from serve_app.errors import ApiError
+from serve_app.registry import registry_of
 from serve_app.schemas import errors
 
 CHUNK = 1 << 20
@@ -28,13 +29,19 @@ router = APIRouter(tags=["outputs"])
     },
     summary="Download an output by its signed link",
 )
-async def download(output_id: str, expires: str = "", signature: str = "") -> StreamingResponse:
+async def download(
+    request: Request, output_id: str, expires: str = "", signature: str = ""
+) -> StreamingResponse:
     storage = await asyncio.to_thread(storage_from_settings)
     if not await asyncio.to_thread(storage.verify_local_link, output_id, expires, signature):
         raise ApiError(
             403, "Forbidden", "the link is expired or its signature is wrong; ask for a fresh one"
         )
-    key = await asyncio.to_thread(storage.find_output, output_id)
+    # the registry knows where each output is, so no listing of storage (one stat)
+    known: str | None = await registry_of(request).call("output_key", output_id)
+    parts = known.split("/") if known else []
+    path = "/".join((parts[1], parts[2], parts[4])) if len(parts) == 5 else None
+    key = await asyncio.to_thread(storage.find_output, output_id, path) if path else None
     if key is None:
         raise ApiError(404, "OutputNotFound", f"no output with id {output_id!r}")
     size = await asyncio.to_thread(storage.size, key)

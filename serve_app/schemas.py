@@ -94,13 +94,14 @@ class Error(BaseModel):
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these error codes."""
     text = {
-        400: "the body is not a JSON object",
+        400: "the body is not a JSON object, or the callback_url is refused",
         401: "missing or wrong token",
-        403: "the link is expired or tampered with",
+        403: "the link is expired or tampered with, or (with no token configured) another Host or Origin",
         404: "no such queue, task or output",
-        413: "the body is over 16 MiB",
+        408: "the body took longer than RAYBEAM_BODY_TIMEOUT to arrive",
+        413: "the body is over 16 MiB (enqueue) or 1 MiB (other routes)",
         422: "the request or its arguments do not fit",
         429: "the queue holds max_pending_tasks unfinished tasks",
-        503: "the task registry is not reachable",
+        503: "the task registry is not reachable, or this replica has RAYBEAM_MAX_STREAMS streams open",
     }
     return {code: {"model": Error, "description": text[code]} for code in codes}

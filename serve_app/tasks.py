@@ -7,12 +7,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import ray
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from raybeam.record import TaskStatus
 from serve_app.auth import require_token
 from serve_app.errors import ApiError
+from serve_app.limits import STREAM_RETRY_AFTER, StreamSlots, max_streams
 from serve_app.registry import registry_of
 from serve_app.schemas import CancelBody, Empty, TaskPage, TaskRecord, errors
 
@@ -50,7 +53,10 @@ async def list_tasks(
 
 
 @router.delete(
-    "/cancel/", response_model=Empty, responses=errors(401, 422, 503), summary="Cancel tasks"
+    "/cancel/",
+    response_model=Empty,
+    responses=errors(401, 408, 413, 422, 503),
+    summary="Cancel tasks",
 )
 async def cancel(request: Request, body: CancelBody) -> dict[str, Any]:
     if body.task_ids:
@@ -78,12 +84,41 @@ async def get_task(request: Request, task_id: str) -> JSONResponse:
     summary="Follow a task's status",
 )
 async def subscribe(request: Request, task_id: str) -> StreamingResponse:
-    first = await _record(request, task_id)
-    return StreamingResponse(
+    slots: StreamSlots = request.app.state.streams
+    if not slots.take():
+        raise ApiError(
+            503,
+            "TooManyStreams",
+            f"this replica has {max_streams()} event streams open (RAYBEAM_MAX_STREAMS); "
+            f"try again in {STREAM_RETRY_AFTER} s, or poll GET /v2/task/{{task_id}}/",
+            {"Retry-After": str(STREAM_RETRY_AFTER)},
+        )
+    try:
+        first = await _record(request, task_id)
+    except BaseException:
+        slots.give_back()
+        raise
+    return _Stream(
+        slots,
         _events(request, first),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+class _Stream(StreamingResponse):
+    """An event stream that holds one of the replica's stream slots until it ends, however
+    it ends (the task final, the client gone)."""
+
+    def __init__(self, slots: StreamSlots, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = slots
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slots.give_back()
 
 
 def _event(record: dict[str, Any]) -> str:
@@ -96,6 +131,8 @@ async def _events(request: Request, record: dict[str, Any]) -> AsyncIterator[str
     while not TaskStatus(record["status"]).is_final:
         try:
             latest = await registry.call("watch", record["id"], record["status"], KEEPALIVE)
+        except ray.exceptions.TaskCancelledError:  # the client went away
+            return
         except Exception as exc:  # the answer has started: the stream can only say so and end
             log.warning("event stream of task %s ended early: %s", record["id"], exc)
             yield f"event: error\ndata: {json.dumps({'error': type(exc).__name__, 'detail': str(exc)})}\n\n"

@@ -19,6 +19,9 @@ import pytest
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
+# webhook receivers here listen on loopback, which webhooks reach only when allowed (SPEC §10);
+# set before Ray starts, so the registry and the webhook sender inherit it
+os.environ.setdefault("RAYBEAM_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")
 
 
 @dataclass

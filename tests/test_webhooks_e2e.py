@@ -1,22 +1,23 @@
-"""Webhooks from the registry on the session's Ray cluster to a real receiver (SPEC §3, §4).
+"""Webhooks from the registry on the session's Ray cluster to a real receiver (SPEC §3, §4, §10).
 
-The receiver is a ThreadingHTTPServer on loopback. Each test takes fresh paths on it, each
-with its own scripted answers, so late deliveries never mix between tests. Delivery runs with
-the registry's default policy: 3 attempts, backoff 1 s then 2 s, read timeout 10 s.
+The receiver is a ThreadingHTTPServer on loopback (tests/support/webhook_receiver.py). Each
+test takes fresh paths on it, each with its own scripted answers, so late deliveries never mix between tests. Delivery runs with
+the registry's default policy: 3 attempts, backoff 1 s then 2 s, read timeout 10 s, made by
+the webhook sender actor. Loopback is open to webhooks here, as an operator would open it
+(`RAYBEAM_WEBHOOK_ALLOWED_NETWORKS`): in this process, for the check at enqueue, and in the
+sender's environment, for the check at delivery (the sender's own tests, in
+test_webhook_sender.py, start it with others).
 """
 
 from __future__ import annotations
 
 import socket
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import ray
@@ -36,97 +37,36 @@ from raybeam import (
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.connection import call
 from raybeam.storage import Storage
+from tests.support.webhook_receiver import (
+    HANG,
+    Delivery,
+    Receiver,
+    loopback_open_to_webhooks,
+    running_receiver,
+    wait_webhook,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(90)]
 
-HANG = "hang"  # an answer: hold the request, answer nothing (until the receiver stops)
 PAYLOAD_KEYS = {"task_id", "status", "data", "outputs", "failure_reason"}
-
-
-@dataclass
-class Delivery:
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-class Receiver:
-    """Webhook receiver: `hook(...)` makes a URL whose requests get the scripted answers."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.scripts: dict[str, list[int | str]] = {}
-        self.then: dict[str, int | str] = {}
-        self.deliveries: dict[str, list[Delivery]] = {}
-        self.changed = threading.Condition()
-        self.stopping = threading.Event()
-
-    def hook(self, *answers: int | str, then: int | str = 200) -> str:
-        path = f"/hook/{uuid.uuid4().hex}"
-        self.scripts[path], self.then[path] = list(answers), then
-        self.deliveries[path] = []
-        return self.base + path
-
-    def answer(self, path: str, delivery: Delivery) -> int | str:
-        with self.changed:
-            self.deliveries.setdefault(path, []).append(delivery)
-            self.changed.notify_all()
-            script = self.scripts.get(path, [])
-            return script.pop(0) if script else self.then.get(path, 404)
-
-    def received(self, url: str) -> list[Delivery]:
-        with self.changed:
-            return list(self.deliveries[url.removeprefix(self.base)])
-
-    def wait(self, url: str, count: int, within: float = 30) -> list[Delivery]:
-        path = url.removeprefix(self.base)
-        with self.changed:
-            ok = self.changed.wait_for(lambda: len(self.deliveries[path]) >= count, within)
-            got = list(self.deliveries[path])
-        assert ok, f"{url} received {len(got)} of {count} deliveries within {within} s"
-        return got
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[Receiver]:
-    box: list[Receiver] = []
+    with running_receiver() as running:
+        yield running
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            delivery = Delivery(dict(self.headers.items()), body, time.time())
-            answer = box[0].answer(self.path, delivery)
-            if answer == HANG:
-                box[0].stopping.wait(60)
-                return
-            try:
-                self.send_response(int(answer))
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-            except OSError:
-                pass  # the sender gave up meanwhile
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    box.append(Receiver(f"http://127.0.0.1:{server.server_address[1]}"))
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield box[0]
-    finally:
-        box[0].stopping.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+@pytest.fixture(scope="module", autouse=True)
+def loopback_webhooks(ray_cluster: Any) -> Iterator[None]:
+    with loopback_open_to_webhooks():
+        yield
 
 
 @pytest.fixture(scope="module")
 def key(ray_cluster: Any) -> bytes:
     """The registry's signing key: generated and persisted in the session's storage."""
-    return Storage(ray_cluster.storage).signing_key()
+    return Storage(ray_cluster.storage).webhook_key()
 
 
 def closed_port_url() -> str:
@@ -138,19 +78,6 @@ def closed_port_url() -> str:
 
 def unix(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def wait_webhook(
-    task: raybeam.Task, done: Callable[[dict[str, Any]], bool], within: float = 30
-) -> dict[str, Any]:
-    """The task record once `done(record["webhook"])` holds."""
-    deadline = time.monotonic() + within
-    while True:
-        info = task.info()
-        if done(info["webhook"]):
-            return info
-        assert time.monotonic() < deadline, f"webhook of {task.id} never got there: {info}"
-        time.sleep(0.1)
 
 
 def delivered(webhook: dict[str, Any]) -> bool:
@@ -246,7 +173,8 @@ def test_one_signed_delivery_per_final_status(
     assert output["name"] == "result.txt" and output["expires_in"] == 3600
     assert payloads["FILE"]["data"] == {"url": output["url"]}
     output_id, query = output["url"].split("/output/id/")[1].split("?")
-    expires, signature = (part.split("=")[1] for part in query.split("&"))
+    fields = parse_qs(query)
+    expires, signature = fields["expires"][0], fields["signature"][0]
     assert Storage(ray_cluster.storage).verify_local_link(output_id, expires, signature)
 
     # the per-call callback_url replaced the queue's: one delivery each, nothing repeated

@@ -1,11 +1,11 @@
 """Webhooks on every final status, sent off the task's path, each attempt kept on the record.
 
-Deliveries run as background tasks on the registry's event loop, through one shared
-`httpx.AsyncClient` (made on first use, inside that loop): a slow or dead receiver holds only
-its own delivery. Storage work (the signing key, presigned links) runs in a thread, so it
-never stalls the loop either. A registry that restarts sends the webhooks that its previous
-incarnation had not finished (not delivered, attempts left), so a final status is announced at
-least once.
+The registry makes no request itself: each delivery goes to a `Sender`, by default the
+webhook sender actor (raybeam/sender.py), which reports every attempt back as it ends; this
+middleware records it on the task. So a slow, huge or hostile receiver reaches another
+process, never the registry's loop or memory. Storage work (the key, presigned links) runs
+in a thread. A registry that restarts sends the webhooks that its previous incarnation had
+not finished (not delivered, attempts left), so a final status is announced at least once.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import asyncio
 import dataclasses
 import logging
 import time
-from typing import Any
-
-import httpx
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from raybeam import webhooks
 from raybeam.host import Host
@@ -25,16 +24,21 @@ from raybeam.record import TaskRecord, iso
 
 log = logging.getLogger("raybeam.webhooks")
 
-#: concurrent deliveries; past it, a delivery waits up to the connect timeout for a slot
-MAX_CONNECTIONS = 500
+
+class Sender(Protocol):
+    def deliver(
+        self, url: str, payload: dict[str, Any], key: bytes, policy: webhooks.DeliveryPolicy
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Deliver `payload` to `url`; yields each attempt as it ends (SPEC §4)."""
+        ...
 
 
 class Webhooks(Middleware):
     policy = webhooks.DeliveryPolicy()
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, sender: Sender | None = None) -> None:
         super().__init__(host)
-        self.client: httpx.AsyncClient | None = None
+        self.sender = sender
         #: ids of tasks whose webhook is being delivered by this incarnation
         self.sending: set[str] = set()
 
@@ -86,7 +90,12 @@ class Webhooks(Middleware):
                 await record({"at": iso(time.time()), "error": f"not sent: {exc}"[:300]})
                 return
             rec.webhook = webhook
-            await webhooks.deliver(url, payload, key, record, policy, client=self._client())
+            try:
+                async for attempt in self._sender().deliver(url, payload, key, policy):
+                    await record(attempt)
+            except Exception as exc:
+                log.exception("the webhook of task %s could not be handed out", rec.id)
+                await record({"at": iso(time.time()), "error": f"not sent: {exc}"[:300]})
         finally:
             self.sending.discard(rec.id)
 
@@ -96,14 +105,12 @@ class Webhooks(Middleware):
         payload = webhooks.build_payload(
             rec.id, rec.status.value, rec.result, outputs, rec.failure_reason
         )
-        key: bytes = self.host.storage.signing_key()
+        key: bytes = self.host.storage.webhook_key()
         return payload, key
 
-    def _client(self) -> httpx.AsyncClient:
-        # Made here, inside the actor's running loop, which every delivery then shares.
-        if self.client is None:
-            self.client = httpx.AsyncClient(
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=20),
-            )
-        return self.client
+    def _sender(self) -> Sender:
+        if self.sender is None:
+            from raybeam.sender import RaySender  # Ray only where deliveries are made
+
+            self.sender = RaySender()
+        return self.sender

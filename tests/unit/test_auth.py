@@ -44,13 +44,14 @@ class FakeRegistry:
 class AppClient:
     """Requests to the app in this process, through httpx's ASGI transport."""
 
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, base_url: str = "http://127.0.0.1:8000") -> None:
         self.app = app
+        self.base_url = base_url
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         async def send() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            async with httpx.AsyncClient(transport=transport, base_url=self.base_url) as c:
                 return await c.request(method, path, **kwargs)
 
         return asyncio.run(send())

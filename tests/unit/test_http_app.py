@@ -17,9 +17,11 @@ from ray.serve.schema import ServeDeploySchema
 from raybeam.middleware.metrics import BUCKETS, Histogram, LatencyMetrics, render
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
 from serve_app.app import create_app
-from serve_app.enqueue import MAX_BODY, parse_body
+from serve_app.enqueue import parse_body
 from serve_app.errors import ApiError
+from serve_app.limits import MAX_ENQUEUE_BODY
 from serve_app.outputs import disposition
+from tests.support.fake_dns import use_fake_dns
 
 CONFIG = Path(__file__).resolve().parents[2] / "serve_app" / "serve_config.yaml"
 
@@ -41,10 +43,16 @@ class Registry:
         raise AssertionError(method)
 
 
+@pytest.fixture(autouse=True)
+def no_dns(monkeypatch: pytest.MonkeyPatch) -> None:
+    use_fake_dns(monkeypatch)
+
+
 def request(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
     async def send() -> httpx.Response:
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        # a loopback Host: an app with no tokens answers nothing else
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
             return await client.request(method, path, **kwargs)
 
     return asyncio.run(send())
@@ -110,8 +118,9 @@ def test_enqueue_builds_the_put_item() -> None:
     ("kwargs", "status", "error"),
     [
         ({"json": {"z": 1}}, 422, "InvalidArguments"),
-        ({"json": {"kwargs": {"x": 1}, "callback_url": "ftp://x"}}, 422, "InvalidCallbackUrl"),
-        ({"content": b"x" * (MAX_BODY + 1)}, 413, "PayloadTooLarge"),
+        ({"json": {"kwargs": {"x": 1}, "callback_url": "ftp://x"}}, 400, "InvalidCallbackUrl"),
+        ({"json": {"callback_url": "http://10.1.2.3/h", "args": [1]}}, 400, "InvalidCallbackUrl"),
+        ({"content": b"x" * (MAX_ENQUEUE_BODY + 1)}, 413, "PayloadTooLarge"),
         ({"content": b"{}", "headers": {"Content-Length": "abc"}}, 400, "InvalidBody"),
     ],
 )
