@@ -13,6 +13,7 @@ from typing import Any
 
 from raybeam import connection
 from raybeam.errors import QueueNotFound
+from raybeam.options import split
 from raybeam.queue import bind_arguments, check_overrides
 from raybeam.wire import encode_payload
 
@@ -32,11 +33,15 @@ def new_item(
     {'id': '...', 'payload': '...', 'overrides': {}}
     """
     bind_arguments(definition["params"], args, kwargs)
-    return {
+    spec, options = split(check_overrides(overrides or {}))
+    item: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "payload": encode_payload(tuple(args), dict(kwargs)),
-        "overrides": check_overrides(overrides or {}),
+        "overrides": spec,
     }
+    if options:
+        item["options"] = options
+    return item
 
 
 def enqueue(

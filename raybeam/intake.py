@@ -59,7 +59,8 @@ class Intake:
             options = item.get("options") or {}
             rec.priority = options.get("priority", definition.get("priority", 0))
             if "delay" in options or "run_at" in options:
-                rec.scheduled_for = options.get("run_at", now + options.get("delay", 0))
+                # a time already past means now (and the ttl counts from now)
+                rec.scheduled_for = max(now, options.get("run_at", now + options.get("delay", 0)))
             if "idempotency_key" in options:
                 rec.idempotency_key = options["idempotency_key"]
                 staged = self.core.idempotency.add(

@@ -81,8 +81,10 @@ def build_payload(
     result: Any,
     outputs: list[dict[str, Any]],
     failure_reason: str | None,
+    progress: Any = None,
 ) -> dict[str, Any]:
-    """The JSON payload of SPEC §4; `data` falls back to the first output's link."""
+    """The JSON payload of SPEC §4 (with the last progress value, SPEC §8); `data` falls
+    back to the first output's link."""
     data = result
     if result is None and outputs:
         data = {"url": outputs[0]["url"]}
@@ -92,6 +94,7 @@ def build_payload(
         "data": data,
         "outputs": outputs,
         "failure_reason": failure_reason,
+        "progress": progress,
     }
 
 

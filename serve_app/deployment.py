@@ -12,6 +12,7 @@ import logging
 import os
 
 from ray import serve
+from ray.serve import Application
 from ray.serve.schema import LoggingConfig
 
 from raybeam import connection, keys
@@ -137,3 +138,33 @@ def undeploy() -> None:
     serve.delete(APP_NAME)
     if not serve.status().applications:
         serve.shutdown()  # type: ignore[no-untyped-call]
+
+
+def build_app(args: dict[str, str]) -> Application:
+    """The HTTP API with the queues of `args["app"]` registered, for Serve config files
+    (`serve deploy`, KubeRay's `serveConfigV2`): what `raybeam serve app.py` deploys.
+
+    Serve calls it once per deploy, inside the cluster, with the application's `args`:
+
+        import_path: serve_app.deployment:build_app
+        args: {app: /home/ray/app/app.py}
+    """
+    from raybeam.cli import find_queues, load_app
+
+    path = args.get("app")
+    unknown = sorted(set(args) - {"app"})
+    if not isinstance(path, str) or unknown:
+        raise InvalidConfiguration(
+            "serve_app.deployment:build_app takes args {app: <a Python file that defines "
+            f"@task_queue queues>}}, got keys {sorted(args)}"
+        )
+    queues = find_queues(load_app(path))
+    if not queues:
+        raise InvalidConfiguration(f"{path} defines no @task_queue; nothing to serve")
+    s = settings()
+    check_bind(s, s.http_host, insecure_no_auth=False)
+    connection.ensure_ray()
+    for queue in queues:
+        queue.register()
+    bound: Application = HTTPAPI.bind()  # type: ignore[attr-defined]
+    return bound

@@ -14,7 +14,9 @@ from serve_app.errors import ApiError
 from serve_app.registry import registry_of
 from serve_app.schemas import EnqueueBody, Enqueued, errors
 
-_FORM_KEYS = frozenset({"args", "kwargs", "callback_url"})
+#: keys beside args/kwargs that are options, not arguments (special only in that form)
+_OPTION_KEYS = frozenset({"callback_url", "idempotency_key", "priority", "delay", "run_at"})
+_FORM_KEYS = frozenset({"args", "kwargs"}) | _OPTION_KEYS
 
 router = APIRouter(tags=["enqueue"])
 
@@ -22,8 +24,10 @@ _BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": False,
         "description": (
-            '`{"args": [...], "kwargs": {...}, "callback_url": ...}`, or any other JSON '
-            "object taken whole as kwargs, or nothing"
+            '`{"args": [...], "kwargs": {...}}` with optional `callback_url`, '
+            "`idempotency_key`, `priority`, `delay` (seconds) or `run_at` (ISO-8601) beside "
+            "them, or any other JSON object taken whole as kwargs, or nothing. The header "
+            "`Idempotency-Key` sets the idempotency key too"
         ),
         "content": {
             "application/json": {
@@ -60,7 +64,7 @@ def parse_body(raw: bytes) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
         raise ApiError(422, "InvalidArguments", '"args" must be a JSON array')
     if not isinstance(kwargs, dict):
         raise ApiError(422, "InvalidArguments", '"kwargs" must be a JSON object')
-    overrides = {"callback_url": body["callback_url"]} if "callback_url" in body else {}
+    overrides = {k: body[k] for k in _OPTION_KEYS if k in body}
     return args, kwargs, overrides
 
 
@@ -68,14 +72,14 @@ def parse_body(raw: bytes) -> tuple[list[Any], dict[str, Any], dict[str, Any]]:
     "/taskqueue/{name}",
     response_model=Enqueued,
     openapi_extra=_BODY_DOC,
-    responses=errors(400, 401, 403, 404, 408, 413, 422, 429, 503),
+    responses=errors(400, 401, 403, 404, 408, 409, 413, 422, 429, 503),
     summary="Enqueue a task",
 )
 @router.post(
     "/{name}",
     response_model=Enqueued,
     openapi_extra=_BODY_DOC,
-    responses=errors(400, 401, 403, 404, 408, 413, 422, 429, 503),
+    responses=errors(400, 401, 403, 404, 408, 409, 413, 422, 429, 503),
     summary="Enqueue a task (short route)",
 )
 async def enqueue(
@@ -89,6 +93,15 @@ async def enqueue(
     if definition is None:
         raise ApiError(404, "QueueNotFound", f"no queue named {name!r} is registered")
     args, kwargs, overrides = parse_body(await request.body())
+    key = request.headers.get("idempotency-key")
+    if key is not None:
+        if overrides.get("idempotency_key", key) != key:
+            raise ApiError(
+                400,
+                "InvalidBody",
+                "the Idempotency-Key header and the body's idempotency_key differ",
+            )
+        overrides["idempotency_key"] = key
     try:
         if overrides:  # a callback_url's host is resolved: not on the loop
             item = await asyncio.to_thread(new_item, definition, args, kwargs, overrides)

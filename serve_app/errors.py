@@ -12,11 +12,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from raybeam.errors import (
+    IdempotencyConflict,
     InvalidArguments,
     InvalidConfiguration,
     QueueFull,
     QueueNotFound,
     RaybeamError,
+    StorageInUse,
+    TaskNotFinal,
     TaskNotFound,
 )
 from raybeam.webhooks import InvalidCallbackUrl
@@ -31,6 +34,9 @@ STATUS_OF: tuple[tuple[type[RaybeamError], int], ...] = (
     (InvalidArguments, 422),
     (InvalidConfiguration, 422),
     (InvalidCallbackUrl, 400),
+    (IdempotencyConflict, 409),
+    (TaskNotFinal, 409),
+    (StorageInUse, 503),
 )
 
 

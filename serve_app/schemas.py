@@ -19,6 +19,12 @@ class EnqueueBody(BaseModel):
     callback_url: str | None = Field(
         default=None, description="webhook for this task, overriding the queue's"
     )
+    idempotency_key: str | None = Field(
+        default=None, description="the same key on the same queue returns the first task"
+    )
+    priority: int | None = Field(default=None, description="higher starts first")
+    delay: float | None = Field(default=None, description="seconds before the task may start")
+    run_at: str | None = Field(default=None, description="UTC ISO-8601 time to start at")
 
 
 class Enqueued(BaseModel):
@@ -65,6 +71,13 @@ class TaskRecord(BaseModel):
     outputs: list[OutputFile]
     stats: QueueStats
     webhook: Webhook | None = None
+    priority: int = 0
+    scheduled_for: str | None = Field(default=None, description="UTC ISO-8601 with Z")
+    idempotency_key: str | None = None
+    retry_of: str | None = None
+    retried_as: str | None = None
+    progress: Any = Field(default=None, description="the latest context.progress() value")
+    next_attempt_at: str | None = Field(default=None, description="while RETRY")
 
 
 class TaskPage(BaseModel):
@@ -76,6 +89,26 @@ class TaskPage(BaseModel):
 
 class CancelBody(BaseModel):
     task_ids: list[str] = Field(max_length=10_000)
+
+
+class RetryBody(BaseModel):
+    """Requeue these final tasks, or the newest `limit` of `queue` with `status`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_ids: list[str] | None = Field(default=None, max_length=10_000)
+    queue: str | None = None
+    status: str | None = Field(default="FAILED", description="a final status; null for any")
+    limit: int = Field(default=100, ge=1, le=10_000)
+
+
+class Requeued(BaseModel):
+    task_id: str = Field(description="the new task")
+    retry_of: str = Field(description="the task it requeues")
+
+
+class RequeuedPage(BaseModel):
+    tasks: list[Requeued]
 
 
 class Empty(BaseModel):
@@ -99,6 +132,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         403: "the link is expired or tampered with, or (with no token configured) another Host or Origin",
         404: "no such queue, task or output",
         408: "the body took longer than RAYBEAM_BODY_TIMEOUT to arrive",
+        409: "the idempotency key names a task with other arguments, or the task is not final",
         413: "the body is over 16 MiB (enqueue) or 1 MiB (other routes)",
         422: "the request or its arguments do not fit",
         429: "the queue holds max_pending_tasks unfinished tasks",

@@ -17,7 +17,15 @@ from serve_app.auth import require_token
 from serve_app.errors import ApiError
 from serve_app.limits import STREAM_RETRY_AFTER, StreamSlots, max_streams
 from serve_app.registry import registry_of
-from serve_app.schemas import CancelBody, Empty, TaskPage, TaskRecord, errors
+from serve_app.schemas import (
+    CancelBody,
+    Empty,
+    RequeuedPage,
+    RetryBody,
+    TaskPage,
+    TaskRecord,
+    errors,
+)
 
 log = logging.getLogger("raybeam.http")
 
@@ -62,6 +70,31 @@ async def cancel(request: Request, body: CancelBody) -> dict[str, Any]:
     if body.task_ids:
         await registry_of(request).call("cancel", body.task_ids)
     return {}
+
+
+@router.post(
+    "/retry/",
+    response_model=RequeuedPage,
+    responses=errors(401, 404, 408, 409, 413, 422, 429, 503),
+    summary="Requeue final tasks as new ones",
+)
+async def retry(request: Request, body: RetryBody) -> dict[str, Any]:
+    status = None
+    if body.status is not None:
+        try:
+            status = TaskStatus.parse(body.status)
+        except ValueError as exc:
+            raise ApiError(422, "ValidationError", str(exc)) from None
+        if not status.is_final:
+            raise ApiError(
+                422, "ValidationError", f"only final tasks can be requeued, not {status.value}"
+            )
+    if body.task_ids is None and body.queue is None and status is None:
+        raise ApiError(422, "ValidationError", 'give "task_ids", or "queue" and/or "status"')
+    made = await registry_of(request).call(
+        "retry_tasks", body.task_ids, body.queue, status.value if status else None, body.limit
+    )
+    return {"tasks": made}
 
 
 @router.get(
@@ -121,16 +154,19 @@ class _Stream(StreamingResponse):
             self.slots.give_back()
 
 
-def _event(record: dict[str, Any]) -> str:
-    return f"event: status\ndata: {json.dumps(record)}\n\n"
+def _event(record: dict[str, Any], kind: str = "status") -> str:
+    return f"event: {kind}\ndata: {json.dumps(record)}\n\n"
 
 
 async def _events(request: Request, record: dict[str, Any]) -> AsyncIterator[str]:
+    """A `status` event at once, then one per change: a `progress` event when a new
+    progress value is stored (before the `status` event of a change that came with it)."""
     yield _event(record)
     registry = registry_of(request)
+    seen = record["status"]
     while not TaskStatus(record["status"]).is_final:
         try:
-            latest = await registry.call("watch", record["id"], record["status"], KEEPALIVE)
+            latest = await registry.call("watch", record["id"], seen, KEEPALIVE)
         except ray.exceptions.TaskCancelledError:  # the client went away
             return
         except Exception as exc:  # the answer has started: the stream can only say so and end
@@ -139,8 +175,17 @@ async def _events(request: Request, record: dict[str, Any]) -> AsyncIterator[str
             return
         if latest is None:
             return
-        if (latest["status"], latest["updated_at"]) == (record["status"], record["updated_at"]):
+        seen = latest.pop("version", None) or latest["status"]
+        progressed = latest.get("progress") != record.get("progress")
+        changed = (latest["status"], latest["updated_at"]) != (
+            record["status"],
+            record["updated_at"],
+        )
+        if not (progressed or changed):
             yield ": keep-alive\n\n"
             continue
         record = latest
-        yield _event(record)
+        if progressed:
+            yield _event(record, "progress")
+        if changed:
+            yield _event(record)

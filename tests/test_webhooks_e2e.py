@@ -48,7 +48,7 @@ from tests.support.webhook_receiver import (
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(90)]
 
-PAYLOAD_KEYS = {"task_id", "status", "data", "outputs", "failure_reason"}
+PAYLOAD_KEYS = {"task_id", "status", "data", "outputs", "failure_reason", "progress"}
 
 
 @pytest.fixture(scope="module")

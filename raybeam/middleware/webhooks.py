@@ -103,7 +103,7 @@ class Webhooks(Middleware):
         """The payload and the signing key; both may need the storage, so not on the loop."""
         outputs = self.host.public_outputs(rec)
         payload = webhooks.build_payload(
-            rec.id, rec.status.value, rec.result, outputs, rec.failure_reason
+            rec.id, rec.status.value, rec.result, outputs, rec.failure_reason, rec.progress
         )
         key: bytes = self.host.storage.webhook_key()
         return payload, key
