@@ -206,6 +206,7 @@ def _serve(ns: argparse.Namespace, out: TextIO) -> int:
     url = deploy(ns.host, ns.port, insecure_no_auth=ns.insecure_no_auth)
     names = ", ".join(q.name for q in queues)
     print(f"raybeam HTTP API at {url} (queues: {names})", file=out, flush=True)
+    print(f"dashboard at {url}/dashboard", file=out, flush=True)
     if ns.detach:
         return 0
     stop = threading.Event()

@@ -65,7 +65,10 @@ class RegistryCore:
         self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}
         self.counts: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
+        #: tasks held by queue and status: queue_stats and /metrics read these, not the tasks
+        self.by_status: dict[str, Counter[str]] = {}
         for rec in self.tasks.values():
+            self.by_status.setdefault(rec.queue, Counter())[rec.status.value] += 1
             self.counts[rec.queue] += not rec.status.is_final
             self.running[rec.queue] += rec.status is RUNNING
         self.leases = Leases()
@@ -198,6 +201,7 @@ class RegistryCore:
         if self.tasks.get(rec.id) is rec and rec.status.is_final:
             del self.tasks[rec.id]
             self.commits.stage("task", rec.id, None)
+            self.by_status.setdefault(rec.queue, Counter())[rec.status.value] -= 1
             for output in rec.outputs:
                 self.output_keys.pop(output["id"], None)
             if self.payloads.pop(rec.id, None) is not None:
@@ -284,6 +288,9 @@ class RegistryCore:
             except Exception:
                 log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
         self.running[rec.queue] += (new is RUNNING) - (old is RUNNING)
+        held = self.by_status.setdefault(rec.queue, Counter())
+        held[old.value] -= 1
+        held[new.value] += 1
         if new.is_final:
             self.counts[rec.queue] -= 1
             self.dispatch.ended(rec)
@@ -305,6 +312,7 @@ class RegistryCore:
     def add(self, rec: TaskRecord, payload: str) -> None:
         """A new record and its arguments, staged; started by `stored`."""
         self.tasks[rec.id] = rec
+        self.by_status.setdefault(rec.queue, Counter())[rec.status.value] += 1
         self.payloads[rec.id] = payload
         self.commits.stage("payload", rec.id, payload)
         self.stage(rec)

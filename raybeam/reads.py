@@ -169,10 +169,18 @@ class Reads:
         return out, (page[-1].id if more and page else None)
 
     def queue_stats(self) -> dict[str, dict[str, Any]]:
-        counts: dict[str, Counter[str]] = {name: Counter() for name in self.core.queues}
-        for rec in self.core.tasks.values():
-            counts.setdefault(rec.queue, Counter())[rec.status.value] += 1
-        return {name: {**self.stats(name), "by_status": dict(c)} for name, c in counts.items()}
+        """Per queue: depth, active containers and tasks held by status, from counters (the
+        cost follows the queues, not the tasks held)."""
+        names = set(self.core.queues) | set(self.core.by_status)
+        return {
+            name: {
+                **self.stats(name),
+                "by_status": {
+                    s: n for s, n in self.core.by_status.get(name, Counter()).items() if n
+                },
+            }
+            for name in sorted(names)
+        }
 
     def metrics(self) -> dict[str, Any]:
         """Plain data for the HTTP API's `GET /metrics`: `queues` (as `queue_stats()`) and

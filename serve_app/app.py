@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from fastapi import FastAPI
 
-from serve_app import enqueue, errors, metrics, outputs, tasks
+from serve_app import dashboard, enqueue, errors, metrics, outputs, tasks
 from serve_app.guard import Guard
 from serve_app.limits import StreamSlots
 from serve_app.registry import RayRegistry, RegistryClient
@@ -32,6 +32,9 @@ def create_app(
     errors.install(app)
     # auth, Host and Origin from the headers, then a capped body with a deadline (SPEC §10)
     app.add_middleware(Guard)
+    # added after the guard, so it runs first: the dashboard's cookie becomes the
+    # Authorization header the guard and every route check (SPEC §9)
+    app.add_middleware(dashboard.CookieAuth)
 
     @app.get("/healthz", response_model=Health, tags=["service"], summary="Liveness")
     async def healthz() -> Health:
@@ -40,5 +43,6 @@ def create_app(
     app.include_router(metrics.router)
     app.include_router(tasks.router)
     app.include_router(outputs.router)
+    app.include_router(dashboard.dashboard_router())
     app.include_router(enqueue.router)  # last: `POST /{name}` matches any single segment
     return app

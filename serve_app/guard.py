@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from raybeam.config import settings
 from serve_app.auth import authenticate, configured_tokens_of
+from serve_app.dashboard.session import is_public as dashboard_page
 from serve_app.errors import ApiError, BodyRefused, error_response
 from serve_app.limits import MAX_BODY, MAX_ENQUEUE_BODY, body_timeout
 
@@ -178,7 +179,11 @@ class Guard:
             reason = open_mode_refusal(scope, headers)
             if reason is not None:
                 raise ApiError(403, "Forbidden", reason)
-        elif not enqueue and not PUBLIC.match(str(scope["path"])):
+        elif not (
+            enqueue
+            or PUBLIC.match(str(scope["path"]))
+            or dashboard_page(str(scope["method"]), str(scope["path"]))
+        ):
             authenticate(tokens, headers.get("authorization"))
         declared = headers.get("content-length")
         if declared is not None:

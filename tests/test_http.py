@@ -166,6 +166,7 @@ def test_healthz_needs_no_token_and_openapi_lists_every_route(api: Api) -> None:
         "/v2/task/",
         "/v2/task/{task_id}/",
         "/v2/task/cancel/",
+        "/v2/task/retry/",
         "/v2/task/{task_id}/subscribe",
         "/output/id/{output_id}",
         "/healthz",

@@ -267,7 +267,9 @@ def test_a_pickled_storage_carries_no_keys(tmp_path: Path) -> None:
     assert copy.signing_key() == Storage(str(tmp_path / "storage")).signing_key()
 
 
-def test_without_ray_nothing_is_published_or_read() -> None:
+def test_without_ray_nothing_is_published_or_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    # as in a process that never joined Ray (this one may have, for the behaviour tests)
+    monkeypatch.delitem(sys.modules, "ray", raising=False)
     assert keys.read_secrets() == keys.Secrets()
     with pytest.raises(RaybeamError, match="connected Ray"):
         keys.publish_secrets(Settings())

@@ -139,6 +139,7 @@ def test_payload_shape_uses_the_return_value() -> None:
         "data": {"result": 20},
         "outputs": outputs,
         "failure_reason": None,
+        "progress": None,
     }
 
 
@@ -160,7 +161,7 @@ def test_build_request_headers_and_signature() -> None:
     body, headers = build_request(payload(), KEY, now=1_700_000_000.7)
     assert (
         body
-        == b'{"task_id":"t-1","status":"COMPLETE","data":{"result":20},"outputs":[],"failure_reason":null}'
+        == b'{"task_id":"t-1","status":"COMPLETE","data":{"result":20},"outputs":[],"failure_reason":null,"progress":null}'
     )
     assert headers["Content-Type"] == "application/json"
     assert headers["X-Task-ID"] == "t-1"
