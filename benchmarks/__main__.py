@@ -10,7 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ORDER = ["throughput", "latency", "warm", "http", "recovery", "scale", "peers", "profile"]
+ORDER = [
+    "throughput", "latency", "warm", "http", "streams", "recovery", "scale", "peers", "profile",
+]  # fmt: skip
 #: benchmark name -> module, where they differ
 MODULES = {"http": "http_api"}
 
