@@ -12,6 +12,7 @@ import contextlib
 import http.server
 import re
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -48,7 +49,11 @@ WIDTH, HEIGHT = 64, 40
 
 
 @task_queue(name=f"dash_work_{SUFFIX}", cpu=0.25, retries=0)
-def work(seconds: float = 1.0) -> dict[str, float]:
+def work(seconds: float = 1.0, gate: str | None = None) -> dict[str, float]:
+    # a gate holds the task running until the test opens it (the page polls every 2 s)
+    deadline = time.monotonic() + 60
+    while gate is not None and not Path(gate).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     time.sleep(seconds)
     return {"slept": seconds}
 
@@ -268,12 +273,14 @@ def test_a_queues_counts_change_as_its_tasks_run(site: Site) -> None:
     page.wait_for_selector(f'#queues tr[data-queue="{idle.name}"]')  # listed with no task
     assert cell(page, idle.name, "depth") == "0"
     wait_cell(page, work.name, "COMPLETE", "0")
-    tasks = [work.put(seconds=3.0) for _ in range(3)]
+    gate = Path(tempfile.mkdtemp(prefix="rb-gate-")) / "open"
+    tasks = [work.put(seconds=0.5, gate=str(gate)) for _ in range(3)]
     page.wait_for_function(
         "(s) => { const c = document.querySelector(s); return c && Number(c.textContent) > 0; }",
         arg=f'#queues tr[data-queue="{work.name}"] td[data-key="depth"]',
         timeout=30_000,
     )
+    gate.touch()
     wait_cell(page, work.name, "COMPLETE", "3")
     wait_cell(page, work.name, "depth", "0")
     wait_cell(page, work.name, "per-minute", "3", timeout=15)
