@@ -184,7 +184,9 @@ def machine_facts() -> dict[str, str]:
 def start_ray(root: Path) -> None:
     """A local Ray of our own: 2 CPUs, loopback only, temp dir under `root`."""
     import benchmarks
+    from tests.support.offline import keep_on_loopback
 
+    keep_on_loopback()  # Ray's cloud-metadata probes stay on this machine
     os.environ["RAYBEAM_STORAGE"] = str(root / "storage-0")
     ray.init(
         num_cpus=2,

@@ -22,6 +22,9 @@ def noop(x: int) -> int:
 
 def main() -> None:
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from tests.support.offline import keep_on_loopback
+
+    keep_on_loopback()  # Ray's cloud-metadata probes stay on this machine
     root = tempfile.mkdtemp(prefix="rbx-", dir="/tmp")
     os.environ["RAYBEAM_STORAGE"] = os.path.join(root, "storage")
     import ray

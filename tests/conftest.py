@@ -16,9 +16,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.support.offline import keep_on_loopback
+
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.pop("RAY_ADDRESS", None)
+# Ray's cloud-metadata probes go to a closed loopback proxy, not off the machine (see there)
+keep_on_loopback()
 # webhook receivers here listen on loopback, which webhooks reach only when allowed (SPEC §10);
 # set before Ray starts, so the registry and the webhook sender inherit it
 os.environ.setdefault("RAYBEAM_WEBHOOK_ALLOWED_NETWORKS", "127.0.0.0/8")
