@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -174,3 +175,21 @@ def configure(**kwargs: Any) -> Settings:
         _overrides.clear()
         _overrides.update(before)
         raise
+
+
+def positive_env(name: str, default: float) -> float:
+    """A positive number from the environment variable `name`, read now; `default` when it
+    is unset, and (with a warning) when it is not a positive number."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        logging.getLogger("raybeam").warning(
+            "%s=%r is not a positive number; using %g", name, raw, default
+        )
+        return default
+    return value

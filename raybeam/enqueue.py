@@ -13,8 +13,8 @@ from typing import Any
 
 from raybeam import connection
 from raybeam.errors import QueueNotFound
-from raybeam.options import split
-from raybeam.queue import bind_arguments, check_overrides
+from raybeam.options import check_options, split
+from raybeam.queue import bind_arguments
 from raybeam.wire import encode_payload
 
 
@@ -33,7 +33,7 @@ def new_item(
     {'id': '...', 'payload': '...', 'overrides': {}}
     """
     bind_arguments(definition["params"], args, kwargs)
-    spec, options = split(check_overrides(overrides or {}))
+    spec, options = split(check_options(overrides or {}))
     item: dict[str, Any] = {
         "id": str(uuid.uuid4()),
         "payload": encode_payload(tuple(args), dict(kwargs)),

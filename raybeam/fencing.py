@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
 import socket
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import fsspec
 
+from raybeam.config import positive_env
 from raybeam.errors import StorageInUse
 
 log = logging.getLogger("raybeam.fencing")
@@ -33,11 +33,7 @@ DEFAULT_SECONDS = 30.0
 
 
 def lease_seconds() -> float:
-    raw = os.environ.get("RAYBEAM_LEASE_SECONDS", "").strip()
-    try:
-        return max(1.0, float(raw)) if raw else DEFAULT_SECONDS
-    except ValueError:
-        return DEFAULT_SECONDS
+    return max(1.0, positive_env("RAYBEAM_LEASE_SECONDS", DEFAULT_SECONDS))
 
 
 def cluster_id() -> str:

@@ -10,21 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from typing import Any
 
+from raybeam.config import positive_env
 from raybeam.errors import IdempotencyConflict
 
 DEFAULT_SECONDS = 86400
 
 
 def key_seconds() -> float:
-    raw = os.environ.get("RAYBEAM_IDEMPOTENCY_SECONDS", "")
-    try:
-        return float(raw) if raw.strip() else DEFAULT_SECONDS
-    except ValueError:
-        return DEFAULT_SECONDS
+    return positive_env("RAYBEAM_IDEMPOTENCY_SECONDS", DEFAULT_SECONDS)
 
 
 def fingerprint(item: dict[str, Any]) -> str:

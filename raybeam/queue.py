@@ -31,15 +31,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    return check_int(name, value, minimum)
-
-
-def check_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Validated per-call options; raises InvalidConfiguration naming the bad one."""
-    return check_options(overrides)
-
-
 def signature_params(fn: Callable[..., Any]) -> list[list[Any]]:
     """The handler's parameters as plain data, so callers can bind without its code."""
     params = []
@@ -135,7 +126,7 @@ class TaskQueue(Generic[P, R]):
 
         >>> handler.options(timeout=60).put(x=1)  # doctest: +SKIP
         """
-        merged = {**self._overrides, **check_overrides(overrides)}
+        merged = {**self._overrides, **check_options(overrides)}
         return TaskQueue(self.fn, self.config, merged, _base=self._base or self)
 
     def definition(self) -> tuple[dict[str, Any], bytes]:
@@ -338,16 +329,16 @@ def task_queue(
             **retry_settings(retries),
             priority=check_priority(priority),
             retry_for=retry_tuple,
-            timeout=timeout if timeout == -1 else _check_int("timeout", timeout, 1),
-            ttl=_check_int("ttl", ttl, 1),
-            callback_url=check_overrides({"callback_url": callback_url})["callback_url"],
-            keep_warm_seconds=_check_int("keep_warm_seconds", keep_warm_seconds, 0),
+            timeout=timeout if timeout == -1 else check_int("timeout", timeout, 1),
+            ttl=check_int("ttl", ttl, 1),
+            callback_url=check_options({"callback_url": callback_url})["callback_url"],
+            keep_warm_seconds=check_int("keep_warm_seconds", keep_warm_seconds, 0),
             on_start=on_start,
-            max_pending_tasks=_check_int("max_pending_tasks", max_pending_tasks, 1),
-            workers=_check_int("workers", workers, 1),
+            max_pending_tasks=check_int("max_pending_tasks", max_pending_tasks, 1),
+            workers=check_int("workers", workers, 1),
             authorized=authorized,
             autoscaler=autoscaler or QueueDepthAutoscaler(),
-            max_calls=None if max_calls is None else _check_int("max_calls", max_calls, 0),
+            max_calls=None if max_calls is None else check_int("max_calls", max_calls, 0),
         )
         if on_start is not None and not callable(on_start):
             raise InvalidConfiguration(f"on_start must be a callable, got {on_start!r}")

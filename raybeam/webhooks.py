@@ -17,7 +17,6 @@ import hmac
 import inspect
 import json
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from raybeam.config import positive_env
 from raybeam.destinations import (
     NOT_ALLOWED,
     DestinationLimits,
@@ -218,15 +218,7 @@ _DEFAULT_POLICY = DeliveryPolicy()
 def total_timeout(policy: DeliveryPolicy) -> float:
     if policy.total_timeout is not None:
         return policy.total_timeout
-    raw = os.environ.get(TIMEOUT_ENV, "").strip()
-    try:
-        value = float(raw) if raw else TIMEOUT
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        logger.warning("%s=%r is not a positive number; using %g s", TIMEOUT_ENV, raw, TIMEOUT)
-        return TIMEOUT
-    return value
+    return positive_env(TIMEOUT_ENV, TIMEOUT)
 
 
 def new_client() -> httpx.AsyncClient:

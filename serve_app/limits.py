@@ -8,7 +8,8 @@ the caller's on (see `deployment.replica_env`).
 from __future__ import annotations
 
 import logging
-import os
+
+from raybeam.config import positive_env
 
 log = logging.getLogger("raybeam.http")
 
@@ -29,28 +30,14 @@ OTHER_REQUESTS = 1000
 STREAM_RETRY_AFTER = 5
 
 
-def _number(env: str, default: float) -> float:
-    raw = os.environ.get(env, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if value <= 0:
-        log.warning("%s=%r is not a positive number; using %g", env, raw, default)
-        return default
-    return value
-
-
 def body_timeout() -> float:
     """`RAYBEAM_BODY_TIMEOUT` [30]: seconds a request body may take to arrive."""
-    return _number(BODY_TIMEOUT_ENV, BODY_TIMEOUT)
+    return positive_env(BODY_TIMEOUT_ENV, BODY_TIMEOUT)
 
 
 def max_streams() -> int:
     """`RAYBEAM_MAX_STREAMS` [1000]: event streams one replica keeps open at once."""
-    return int(_number(MAX_STREAMS_ENV, MAX_STREAMS))
+    return int(positive_env(MAX_STREAMS_ENV, MAX_STREAMS))
 
 
 def max_ongoing_requests() -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ import httpx
 import pytest
 
 from raybeam.cli import main, table
+from tests.support.net import free_port
 
 SUFFIX = uuid.uuid4().hex[:6]
 ECHO = f"cli_echo_{SUFFIX}"
@@ -43,12 +43,6 @@ from raybeam import task_queue
 def served(x: int) -> int:
     return x
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import re
-import socket
 import tempfile
 import threading
 import time
@@ -26,6 +25,7 @@ from playwright import sync_api
 
 import raybeam
 from raybeam import Output, TaskContext, task_queue
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -135,12 +135,6 @@ def elsewhere() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def build_app() -> Any:

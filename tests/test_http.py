@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pytest
 import raybeam
 from raybeam import Output, task_queue
 from raybeam.storage import storage_from_settings
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -81,12 +81,6 @@ class Api:
     url: str
     client: httpx.Client  # sends the token
     anonymous: httpx.Client  # sends none
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from raybeam import TaskContext, task_queue
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -35,12 +35,6 @@ def steps(n: int, context: TaskContext) -> int:
         context.progress({"done": i + 1, "of": n})
         time.sleep(0.3)
     return n
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ import pytest
 
 import raybeam
 from raybeam import task_queue
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -57,12 +57,6 @@ class Api:
     url: str
     port: int
     client: httpx.Client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ and Origin headers only name other places.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 import raybeam
 from raybeam import task_queue
 from raybeam.errors import InvalidConfiguration
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -38,12 +38,6 @@ class Api:
     url: str
     port: int
     client: httpx.Client
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

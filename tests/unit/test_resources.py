@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from raybeam import Image, InvalidArguments, InvalidConfiguration, task_queue
-from raybeam.queue import bind_arguments, check_overrides, signature_params
+from raybeam.options import check_options
+from raybeam.queue import bind_arguments, signature_params
 from raybeam.resources import gpu_types, memory_bytes, pick_gpu_type, ray_options
 
 MiB = 2**20
@@ -90,7 +91,7 @@ def test_options_override_per_call_and_leave_the_queue_alone() -> None:
     with pytest.raises(InvalidConfiguration, match="unknown option"):
         f.options(cpu=3)
     with pytest.raises(InvalidConfiguration):
-        check_overrides({"timeout": 0})
+        check_options({"timeout": 0})
 
 
 def test_arguments_must_bind_to_the_signature() -> None:
