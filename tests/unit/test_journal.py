@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,15 @@ def test_batches_go_on_while_a_snapshot_is_made(tmp_path: Path, monkeypatch: Any
     monkeypatch.setattr(journal_module, "SNAPSHOT_CHUNK", 10)
     j = journal(tmp_path)
     live = {str(i): i for i in range(1000)}
+    # the snapshot's write waits for the test, so it is surely under way while batches go on
+    release = threading.Event()
+    write_snapshot = j.write_snapshot
+
+    def held_snapshot(parts: list[str], seq: int) -> None:
+        assert release.wait(30)
+        write_snapshot(parts, seq)
+
+    monkeypatch.setattr(j, "write_snapshot", held_snapshot)
 
     async def scenario() -> None:
         # a threshold of 1,000 entries, met by the first commit
@@ -220,6 +230,8 @@ def test_batches_go_on_while_a_snapshot_is_made(tmp_path: Path, monkeypatch: Any
         del live["5"]
         commits.stage("task", "5", None)
         await commits.commit()
+        assert commits.compacting is not None
+        release.set()
         await finish(commits, runner)
 
     asyncio.run(scenario())
