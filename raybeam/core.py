@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from raybeam.admission import SpecCache
+from raybeam.archive import FILE_ROWS, Archive, id_halves
 from raybeam.host import Dispatch, Host, Timers
 from raybeam.idempotency import IdempotencyKeys
 from raybeam.journal import GroupCommit, Journal
@@ -44,6 +45,7 @@ class RegistryCore:
         *,
         output_url_expires: int,
         retention_seconds: float,
+        archive_after: float = 300.0,
         incarnation: str,
         dispatch: Callable[[Host], Dispatch],
         middleware: Callable[[Host], list[Middleware]],
@@ -53,6 +55,8 @@ class RegistryCore:
         self.storage_url = storage.url
         self.output_url_expires = output_url_expires
         self.retention_seconds = retention_seconds
+        #: final records leave memory for the archive this long after they end (SPEC §11)
+        self.archive_after = archive_after
         # Submissions are numbered per incarnation, so a report from an attempt that an
         # earlier incarnation started can never pass for the current one.
         self.incarnation = incarnation
@@ -60,6 +64,11 @@ class RegistryCore:
         state = load_state(journal)
         self.queues, self.tasks, self.payloads = state.queues, state.tasks, state.payloads
         self.load_problems = state.problems
+        self.archive = Archive(journal.fs, journal.root)
+        self.load_problems += self.archive.load()
+        for rec in self.tasks.values():
+            if rec.status.is_final:  # stored again since it was archived: this copy counts
+                self.archive.bury(rec.id)
         self.idempotency = IdempotencyKeys(state.idempotency)
         #: output id -> its storage key, so a download finds its file without a listing
         self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}
@@ -210,6 +219,68 @@ class RegistryCore:
     def public_outputs(self, rec: TaskRecord) -> list[dict[str, Any]]:
         return [out for hook in self.hooks for out in hook.public_outputs(rec)]
 
+    # ---- the archive ------------------------------------------------------------------
+
+    async def archive_ended(self, older_than: float) -> int:
+        """Move final records that ended more than `older_than` seconds ago (and that no
+        middleware still needs, such as an undelivered webhook) into an archive file, then
+        out of memory and the journal; how many moved.
+
+        The file is written in a thread while calls go on. A record that changed meanwhile
+        (requeued, say) stays in memory; its archived copy is marked dead, and a later
+        sweep archives it again.
+        """
+        cutoff = time.time() - older_than
+        batch = []
+        for rec in self.tasks.values():
+            if (
+                rec.status.is_final
+                and (rec.ended_at or rec.updated_at) < cutoff
+                and not self.commits.pending("task", rec.id)
+                and id_halves(rec.id) is not None  # ids are UUIDs; any other stays here
+                and not any(hook.keeps(rec) for hook in self.hooks)
+            ):
+                batch.append(rec)
+                if len(batch) == FILE_ROWS:
+                    break
+        if not batch:
+            return 0
+        marks = {rec.id: _mark(rec) for rec in batch}
+        payloads = {r.id: p for r in batch if (p := self.payloads.get(r.id)) is not None}
+        written = await asyncio.to_thread(self.archive.write, batch, payloads)
+        self.archive.adopt(written)
+        for rec in batch:
+            if self.tasks.get(rec.id) is not rec or _mark(rec) != marks[rec.id]:
+                self.archive.bury(rec.id)
+                continue
+            del self.tasks[rec.id]
+            self.commits.stage("task", rec.id, None)
+            self.by_status[rec.queue][rec.status.value] -= 1
+            for output in rec.outputs:
+                self.output_keys.pop(output["id"], None)
+            if self.payloads.pop(rec.id, None) is not None:
+                self.commits.stage("payload", rec.id, None)
+        await self.commits.commit()
+        return len(batch)
+
+    async def unarchive(self, task_id: str) -> TaskRecord | None:
+        """Bring an archived task back into memory (to requeue it); None if unknown."""
+        found = await asyncio.to_thread(self.archive.read, task_id)
+        live = self.tasks.get(task_id)
+        if live is not None or found is None:
+            return live
+        rec, payload = found
+        self.archive.bury(task_id)
+        self.tasks[rec.id] = rec
+        self.by_status.setdefault(rec.queue, Counter())[rec.status.value] += 1
+        for output in rec.outputs:
+            self.output_keys[output["id"]] = output["key"]
+        if payload is not None:
+            self.payloads[rec.id] = payload
+            self.commits.stage("payload", rec.id, payload)
+        self.stage(rec)
+        return rec
+
     def start(self, rec: TaskRecord, container_id: str | None, at: float | None = None) -> None:
         rec.attempts += 1
         rec.container_id = container_id or rec.container_id
@@ -340,6 +411,12 @@ class RegistryCore:
         for fut in self.watchers.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
+
+
+def _mark(rec: TaskRecord) -> tuple[Any, ...]:
+    """What changes when a final record does (a requeue, a webhook attempt)."""
+    webhook = rec.webhook or {}
+    return (rec.status, rec.updated_at, rec.retried_as, len(webhook.get("attempts", ())))
 
 
 def _serialise(value: Any) -> Any:

@@ -80,3 +80,9 @@ class CorruptBlob(RaybeamError, ValueError):
 
 class StorageInUse(RaybeamError):
     """Another registry (of another Ray cluster) holds the storage's lease."""
+
+
+class SegmentExists(StorageInUse):
+    """A journal segment (or snapshot) this registry was creating exists already: another
+    registry writes to the same storage. Segments are never overwritten, so this is where a
+    second writer is stopped, whatever the lease says."""

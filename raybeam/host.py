@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from raybeam.archive import Archive
     from raybeam.record import TaskRecord, TaskStatus
     from raybeam.storage import Storage
     from raybeam.wire import Outcome
@@ -69,6 +70,8 @@ class Host(Protocol):
     storage_url: str
     output_url_expires: int
     retention_seconds: float
+    archive_after: float
+    archive: Archive
     timers: Timers
 
     def task(self, task_id: str) -> TaskRecord | None: ...
@@ -116,6 +119,10 @@ class Host(Protocol):
         ...
 
     def public_outputs(self, rec: TaskRecord) -> list[dict[str, Any]]: ...
+
+    def archive_ended(self, older_than: float) -> Awaitable[int]:
+        """Move final records that ended this long ago to the archive; how many moved."""
+        ...
 
 
 class Dispatch(Protocol):

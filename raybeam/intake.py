@@ -142,7 +142,7 @@ class Intake:
         if task_ids is not None:
             olds = []
             for task_id in task_ids:
-                rec = core.tasks.get(task_id)
+                rec = core.tasks.get(task_id) or await core.unarchive(task_id)
                 if rec is None:
                     raise TaskNotFound(f"no task with id {task_id!r}")
                 if not rec.status.is_final:
@@ -158,6 +158,15 @@ class Intake:
                 and (queue is None or r.queue == queue)
                 and (status is None or r.status.value == status)
             ][:limit]  # fmt: skip
+            # then the newest archived ones (an archived task was requeued in memory first)
+            if len(olds) < limit:
+                places = [(f, row) for _, f, row in core.archive.page(queue, status, None, limit)]
+                archived = await asyncio.to_thread(core.archive.read_rows, places)
+                for old, _ in archived:
+                    if old.retried_as is None and len(olds) < limit:
+                        rec = await core.unarchive(old.id)
+                        if rec is not None and rec.retried_as is None:
+                            olds.append(rec)
         by_queue: dict[str, list[TaskRecord]] = {}
         for rec in olds:
             by_queue.setdefault(rec.queue, []).append(rec)

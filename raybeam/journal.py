@@ -12,9 +12,13 @@ a crash can leave at most a torn last line, which loading skips, and the next re
 starts a new segment. Each batch is fsync'ed before `append` returns (one fsync per batch,
 however many changes it holds), unless `RAYBEAM_FSYNC=0`, so an acknowledged change
 survives a power loss. Object stores cannot append, so there every batch is a segment of its
-own. Snapshots and those segments are written under a temporary name and renamed into place,
-so a crash leaves either the whole file or none of it; a local snapshot and its folder are
-fsync'ed (always) before the segments it replaces are removed.
+own, created at its final key in one request that fails when the key exists (S3: a PUT with
+`If-None-Match: *`); an object store publishes an object whole, so a crash leaves all of it
+or none. Snapshots there are created the same way. A segment is never overwritten, locally
+(created with O_EXCL) or elsewhere: a second registry writing to the same storage gets
+`SegmentExists` and stops, instead of replacing the first one's batches. A local snapshot is
+written under a temporary name and renamed into place; it and its folder are fsync'ed
+(always) before the segments it replaces are removed.
 
 blobs/<digest>.pkl    the queues' pickled functions, checked against their digest (the first
                       32 hex digits of their SHA-256) when stored and when loaded
@@ -36,7 +40,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from raybeam import config
-from raybeam.errors import CorruptBlob, StorageInUse
+from raybeam.errors import CorruptBlob, SegmentExists, StorageInUse
 from raybeam.keys import fsync_folder
 
 log = logging.getLogger("raybeam.journal")
@@ -86,6 +90,27 @@ class Journal:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_folder(posixpath.dirname(path))
+
+    def _create(self, path: str, text: str) -> None:
+        """Create an object that must not exist yet, `SegmentExists` when it does. On S3 this
+        is one conditional PUT, where a temporary key, its copy and its removal took five
+        requests more. s3fs and botocore retry a PUT whose answer was lost, and so does
+        `GroupCommit`; such a retry finds its own bytes there, which is no conflict."""
+        raw = text.encode()
+        try:
+            self.fs.pipe_file(path, raw, mode="create")
+            return
+        except FileExistsError:
+            try:
+                if bytes(self.fs.cat_file(path)) == raw:
+                    return
+            except FileNotFoundError:  # removed since by the other writer's compaction
+                pass
+        raise SegmentExists(
+            f"{path} exists already: another registry writes to this storage (journal objects "
+            "are never overwritten); this registry stops writing. Stop the other one, or point "
+            "RAYBEAM_STORAGE elsewhere, then restart this one so it loads what the other wrote"
+        )
 
     def _seq_files(self, sub: str, suffix: str) -> list[tuple[int, str]]:
         out = []
@@ -159,15 +184,24 @@ class Journal:
             self.segment_batches += 1
             return self.seq
         seq = self.seq + 1
-        self._write_atomic(self._p("journal", f"{seq:016d}.jsonl"), text)
+        self._create(self._p("journal", f"{seq:016d}.jsonl"), text)
         self.seq = seq
         return seq
 
     def _rotate(self) -> None:
         self.close()
-        self.seq += 1
-        path = self.fs._strip_protocol(self._p("journal", f"{self.seq:016d}.jsonl"))
-        self.segment = open(path, "a")  # noqa: SIM115
+        seq = self.seq + 1
+        path = self.fs._strip_protocol(self._p("journal", f"{seq:016d}.jsonl"))
+        # O_EXCL rather than link() of a finished temporary file: a local segment takes its
+        # batches after it is created, so what is made exclusive is its name
+        try:
+            self.segment = open(path, "x")  # noqa: SIM115
+        except FileExistsError:
+            raise SegmentExists(
+                f"the journal segment {path} exists already: another registry writes to this "
+                "storage; this registry stops writing. Stop the other one, then restart this one"
+            ) from None
+        self.seq = seq
         if self.fsync:  # the new file's name, so its fsync'ed batches can be found again
             fsync_folder(posixpath.dirname(path))
         self.segment_batches = 0
@@ -188,14 +222,15 @@ class Journal:
         Batches written meanwhile must go to segments after `seq` (see `seal`).
         """
         text = "[" + ",".join(part for part in parts if part) + "]"
-        # durable even with RAYBEAM_FSYNC=0: the segments it replaces are about to go
-        self._write_atomic(self._p("snapshot", f"{seq:016d}.json"), text)
-        for old, path in self._seq_files("journal", ".jsonl"):
-            if old <= seq:
-                self.fs.rm(path)
-        for old, path in self._seq_files("snapshot", ".json"):
-            if old < seq:
-                self.fs.rm(path)
+        path = self._p("snapshot", f"{seq:016d}.json")
+        if self.local:  # durable even with RAYBEAM_FSYNC=0: the segments it replaces go next
+            self._write_atomic(path, text)
+        else:  # each snapshot's seq is written once (compaction follows new batches)
+            self._create(path, text)
+        old = [p for s, p in self._seq_files("journal", ".jsonl") if s <= seq]
+        old += [p for s, p in self._seq_files("snapshot", ".json") if s < seq]
+        if old:  # one request per 1,000 objects on S3, not one each
+            self.fs.rm(old)
 
     def store_blob(self, name: str, data: bytes) -> None:
         """Store a function blob as `<digest>.pkl`, once; a damaged stored copy is replaced."""
@@ -328,8 +363,12 @@ class GroupCommit:
             self.staged, self.waiters, self.writing = {}, [], batch
             try:
                 await self._write(batch)
-            except Exception as exc:  # a bug, not storage trouble: say so to every waiter
-                log.exception("could not write a batch of registry state")
+            except Exception as exc:  # say so to every waiter
+                if isinstance(exc, StorageInUse):  # another registry writes here: stop for good
+                    log.error("%s", exc)
+                    self.allowed = lambda: False
+                else:  # a bug, not storage trouble
+                    log.exception("could not write a batch of registry state")
                 for fut in waiters:
                     if not fut.done():
                         fut.set_exception(exc)
@@ -358,6 +397,8 @@ class GroupCommit:
                 else:
                     await asyncio.to_thread(self.journal.append, entries)
                 break
+            except StorageInUse:  # no retry can help
+                raise
             except Exception:  # storage away: keep trying, callers wait
                 log.exception("could not store registry state; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
+from raybeam.archive import Key, list_key
 from raybeam.core import RegistryCore
 from raybeam.record import TaskRecord
 
@@ -43,10 +45,23 @@ class Reads:
         return rec.info(self.core.public_outputs(rec), self.stats(rec.queue))
 
     async def _stored(self, task_id: str) -> TaskRecord | None:
+        """The record as stored: in memory, or read from the archive."""
         rec = self.core.tasks.get(task_id)
         if rec is not None:
             await self.committed([rec])
-        return rec
+            return rec
+        return await self._archived(task_id)
+
+    async def _archived(self, task_id: str) -> TaskRecord | None:
+        if self.core.archive.locate(task_id) is None:
+            return None
+        found = await asyncio.to_thread(self.core.archive.read, task_id)
+        # it may have come back to memory meanwhile (requeued): that copy is the newer one
+        live = self.core.tasks.get(task_id)
+        if live is not None:
+            await self.committed([live])
+            return live
+        return None if found is None else found[0]
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         rec = await self._stored(task_id)
@@ -68,21 +83,22 @@ class Reads:
 
     def output_key(self, output_id: str) -> str | None:
         """The storage key of an output by its id (the local download route's lookup)."""
-        return self.core.output_keys.get(output_id)
+        return self.core.output_keys.get(output_id) or self.core.archive.output_key(output_id)
 
     async def exists(self, task_ids: list[str]) -> list[bool]:
-        tasks = self.core.tasks
-        await self.committed(tasks[t] for t in task_ids if t in tasks)
-        return [t in tasks for t in task_ids]
+        return [s is not None for s in (await self.statuses(task_ids)).values()]
 
     async def statuses(self, task_ids: list[str]) -> dict[str, str | None]:
-        tasks = self.core.tasks
+        tasks, archive = self.core.tasks, self.core.archive
         await self.committed(tasks[t] for t in task_ids if t in tasks)
-        return {t: None if (rec := tasks.get(t)) is None else rec.status.value for t in task_ids}
+        return {
+            t: archive.status(t) if (rec := tasks.get(t)) is None else rec.status.value
+            for t in task_ids
+        }
 
     async def wait_final(self, task_id: str, timeout: float | None) -> dict[str, Any] | None:
         """The record once final, or as it is when `timeout` seconds pass first."""
-        rec = self.core.tasks.get(task_id)
+        rec = self.core.tasks.get(task_id) or await self._archived(task_id)
         if rec is None:
             return None
         if not rec.status.is_final:
@@ -96,7 +112,7 @@ class Reads:
         """The record once its stored state differs from `seen` (or after `timeout` s):
         `seen` is a status, or a record's `version` (its status and progress count), so
         progress wakes a watcher that passes versions."""
-        rec = self.core.tasks.get(task_id)
+        rec = self.core.tasks.get(task_id) or await self._archived(task_id)
         if rec is None:
             return None
         if seen in (rec.status.value, version(rec)) and not rec.status.is_final:
@@ -112,6 +128,7 @@ class Reads:
         tasks = self.core.tasks
 
         async def done() -> list[str]:
+            # an archived task is final, and an unknown one will not change: both are done
             final = [tasks[t] for t in task_ids if t in tasks and tasks[t].status.is_final]
             await self.committed(final)
             return [t for t in task_ids if (rec := tasks.get(t)) is None or rec.status.is_final]
@@ -147,23 +164,52 @@ class Reads:
     async def list(
         self, queue: str | None, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Records newest first; `cursor` is the id of the last record of the previous page."""
-        page: list[TaskRecord] = []
-        passed = cursor is None
-        more = False
-        for rec in reversed(self.core.tasks.values()):
-            if not passed:
-                passed = rec.id == cursor
-                continue
-            if queue is not None and rec.queue != queue:
-                continue
-            if status is not None and rec.status.value != status:
-                continue
-            if len(page) == limit:
-                more = True
+        """Records newest first, live and archived alike; `cursor` is the id of the last
+        record of the previous page. A page reads the live tasks' records and, from the
+        archive, only the rows it returns."""
+        core = self.core
+        after: Key | None = None
+        if cursor is not None:
+            known = core.tasks.get(cursor)
+            after = list_key(known) if known is not None else core.archive.key(cursor)
+            if after is None:
+                return [], None  # the cursor's task is gone (retention): the listing ended
+        # the newest limit + 1 live matches, in a heap whose first item is the oldest kept.
+        # Records are kept in the order they were admitted, so the walk stops once it is a
+        # second older than that (a task brought back from the archive comes last, and
+        # sorts into place here)
+        live: list[tuple[Key, TaskRecord | None, Any]] = []
+        newest = float("inf") if after is None else after[0]
+        floor = float("-inf")
+        for rec in reversed(core.tasks.values()):
+            created = rec.created_at
+            if created > newest:
+                continue  # before the cursor
+            if created < floor:
                 break
-            page.append(rec)
-        await self.committed(page)
+            if (queue is not None and rec.queue != queue) or (
+                status is not None and rec.status.value != status
+            ):
+                continue
+            key = list_key(rec)
+            if after is not None and key >= after:
+                continue
+            if len(live) <= limit:
+                heapq.heappush(live, (key, rec, None))
+            elif key > live[0][0]:
+                heapq.heapreplace(live, (key, rec, None))
+            if len(live) > limit:
+                floor = live[0][0][0] - 1.0
+        archived: list[tuple[Key, TaskRecord | None, Any]] = [
+            (k, None, (f, row)) for k, f, row in core.archive.page(queue, status, after, limit + 1)
+        ]
+        merged = sorted(live + archived, key=lambda item: item[0], reverse=True)[: limit + 1]
+        more = len(merged) > limit
+        merged = merged[:limit]
+        places = [place for _, rec, place in merged if rec is None]
+        read = iter(await asyncio.to_thread(core.archive.read_rows, places) if places else [])
+        page = [rec if rec is not None else next(read)[0] for _, rec, _ in merged]
+        await self.committed(r for r in page if r.id in core.tasks)
         # a status filter is applied again to what is stored now
         out = [self.info(r) for r in page if status is None or r.status.value == status]
         return out, (page[-1].id if more and page else None)
@@ -171,16 +217,14 @@ class Reads:
     def queue_stats(self) -> dict[str, dict[str, Any]]:
         """Per queue: depth, active containers and tasks held by status, from counters (the
         cost follows the queues, not the tasks held)."""
-        names = set(self.core.queues) | set(self.core.by_status)
-        return {
-            name: {
-                **self.stats(name),
-                "by_status": {
-                    s: n for s, n in self.core.by_status.get(name, Counter()).items() if n
-                },
-            }
-            for name in sorted(names)
-        }
+        archived = dict(self.core.archive.counts())
+        names = set(self.core.queues) | set(self.core.by_status) | set(archived)
+        empty: Counter[str] = Counter()
+        out = {}
+        for name in sorted(names):
+            held = self.core.by_status.get(name, empty) + archived.get(name, empty)
+            out[name] = {**self.stats(name), "by_status": {s: n for s, n in held.items() if n}}
+        return out
 
     def metrics(self) -> dict[str, Any]:
         """Plain data for the HTTP API's `GET /metrics`: `queues` (as `queue_stats()`) and

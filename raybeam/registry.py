@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from raybeam import keys, middleware
-from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, Settings
+from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, Settings, positive_env
 from raybeam.core import RegistryCore
 from raybeam.dispatch import Dispatcher
 from raybeam.errors import RaybeamError
@@ -95,6 +95,7 @@ class Registry:
             self.storage,
             output_url_expires=output_url_expires,
             retention_seconds=retention_seconds,
+            archive_after=positive_env("RAYBEAM_ARCHIVE_AFTER_SECONDS", 300.0),
             incarnation=self.incarnation,
             dispatch=Dispatcher,
             middleware=middleware.default,

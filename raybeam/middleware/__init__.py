@@ -40,6 +40,10 @@ class Middleware:
     def on_final(self, rec: TaskRecord) -> None:
         """`rec` reached a final status, and that is stored."""
 
+    def keeps(self, rec: TaskRecord) -> bool:
+        """This final `rec` must stay in memory for now (its webhook is still on its way)."""
+        return False
+
     def public_outputs(self, rec: TaskRecord) -> list[dict[str, Any]]:
         """The task's outputs as the record shows them."""
         return []
@@ -56,6 +60,7 @@ class Middleware:
 def default(host: Host) -> list[Middleware]:
     """The middleware every registry runs, in hook order."""
     from raybeam.middleware.age_limit import AgeLimit
+    from raybeam.middleware.archiving import Archiving
     from raybeam.middleware.metrics import LatencyMetrics
     from raybeam.middleware.outputs import OutputLinks
     from raybeam.middleware.retention import Retention
@@ -71,4 +76,5 @@ def default(host: Host) -> list[Middleware]:
         Webhooks(host),
         LatencyMetrics(host),
         Retention(host),
+        Archiving(host),
     ]

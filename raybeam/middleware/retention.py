@@ -37,7 +37,17 @@ class Retention(Middleware):
             await self.host.persist()
             folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs}
             await asyncio.to_thread(self._remove_outputs, folders)
-        return len(old)
+        # archive files go whole, once their newest task is past the retention
+        archive = self.host.archive
+        forgotten = len(old)
+        for file in archive.expired(cutoff):
+            forgotten += len(file)
+            archive.drop(file)
+            await asyncio.to_thread(archive.fs.rm, file.path)
+            # outputs/<queue>/<task_id>/<output_id>/<name> -> the task's folder
+            folders = {"/".join(key.split("/")[:3]) for key in file.outputs.values()}
+            await asyncio.to_thread(self._remove_outputs, folders)
+        return forgotten
 
     def _remove_outputs(self, folders: set[str]) -> None:
         storage = self.host.storage

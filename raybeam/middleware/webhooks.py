@@ -63,6 +63,11 @@ class Webhooks(Middleware):
             if rec.status.is_final and rec.spec.callback_url and self._unfinished(rec.webhook):
                 self._start(rec)
 
+    def keeps(self, rec: TaskRecord) -> bool:
+        return rec.id in self.sending or bool(
+            rec.spec.callback_url and self._unfinished(rec.webhook)
+        )
+
     def _unfinished(self, webhook: dict[str, Any] | None) -> bool:
         if webhook is None:
             return True

@@ -1,0 +1,406 @@
+"""History in Parquet: final records that left the registry's memory (SPEC §11).
+
+Layout under `<storage>/registry/archive/`: `<seq>.parquet`, one file per archiving batch,
+written once and never changed. Rows are sorted newest first by (created_at, id), in row
+groups of `ROW_GROUP` rows; each row holds the record as JSON, its stored arguments (so an
+archived task can be requeued) and, apart, what the reads need without opening the file.
+
+Memory holds, per archived task, 41 bytes in numpy arrays and no Python object: its id as two
+64-bit halves, its creation time, queue and status codes, and the position of its id in the
+file's sorted ids. So:
+- a lookup by id is a binary search per file and reads one row group of one file;
+- a listing page walks each file's arrays from the cursor, skipping what the filters reject,
+  and reads only the rows it returns;
+- counts by queue and status are counters, added when a file is written, removed when
+  retention deletes it (a whole file, once its newest task is older than the retention).
+A task archived twice (requeued after it was archived, then archived again) is read from the
+newest file; the older row is marked dead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import uuid
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from raybeam.keys import fsync_folder
+from raybeam.record import TaskRecord, TaskStatus
+
+log = logging.getLogger("raybeam.archive")
+
+ROW_GROUP = 1024
+#: at most this many records per archive file
+FILE_ROWS = 100_000
+STATUSES = [s.value for s in TaskStatus]
+#: the status code of a row whose task lives elsewhere now (live again, or a newer file)
+DEAD = 255
+#: list order: (created_at, id hi, id lo), newest first
+Key = tuple[float, int, int]
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("hi", pa.uint64()),
+        ("lo", pa.uint64()),
+        ("created_at", pa.float64()),
+        ("ended_at", pa.float64()),
+        ("queue", pa.string()),
+        ("status", pa.string()),
+        ("outputs", pa.string()),  # {output id: key} as JSON, null without outputs
+        ("payload", pa.string()),
+        ("record", pa.string()),
+    ]
+)
+INDEX_COLUMNS = ["hi", "lo", "created_at", "ended_at", "queue", "status", "outputs"]
+
+
+def id_halves(task_id: str) -> tuple[int, int] | None:
+    """A task id (a UUID) as two 64-bit integers, in the order of the id's text."""
+    try:
+        value = uuid.UUID(task_id).int
+    except (ValueError, AttributeError, TypeError):
+        return None
+    return value >> 64, value & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def list_key(rec: TaskRecord) -> Key:
+    """Where a record sorts in listings: by creation time, then id (newest first)."""
+    halves = id_halves(rec.id)
+    if halves is None:  # not a UUID (never archived): its digest orders it, as uniquely
+        value = int.from_bytes(hashlib.blake2b(rec.id.encode(), digest_size=16).digest(), "big")
+        halves = value >> 64, value & 0xFFFF_FFFF_FFFF_FFFF
+    return (rec.created_at, *halves)
+
+
+@dataclass
+class ArchiveFile:
+    seq: int
+    path: str
+    newest_end: float
+    created: np.ndarray  # float64, rows newest first
+    hi: np.ndarray  # uint64
+    lo: np.ndarray  # uint64
+    queue: np.ndarray  # uint16 codes into Archive.queue_names
+    status: np.ndarray  # uint8 codes into STATUSES, DEAD when the row is not current
+    by_hi: np.ndarray  # uint32 rows sorted by hi, for lookups
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def find(self, hi: int, lo: int) -> int | None:
+        """The row of this id, or None."""
+        sorted_hi = self.hi[self.by_hi]
+        at = int(np.searchsorted(sorted_hi, np.uint64(hi)))
+        while at < len(sorted_hi) and int(sorted_hi[at]) == hi:
+            row = int(self.by_hi[at])
+            if int(self.lo[row]) == lo:
+                return row
+            at += 1
+        return None
+
+    def before(self, key: Key | None) -> int:
+        """The first row that comes after `key` in list order (newest first)."""
+        if key is None:
+            return 0
+        created, hi, lo = key
+        # rows are sorted by created descending; the rows created at `created` are a range
+        start = int(np.searchsorted(-self.created, -created, side="left"))
+        end = int(np.searchsorted(-self.created, -created, side="right"))
+        row = start
+        while row < end and (int(self.hi[row]), int(self.lo[row])) >= (hi, lo):
+            row += 1
+        return row
+
+    def __len__(self) -> int:
+        """Its rows that are current (not dead)."""
+        return int(np.count_nonzero(self.status != DEAD))
+
+    def key(self, row: int) -> Key:
+        return (float(self.created[row]), int(self.hi[row]), int(self.lo[row]))
+
+
+@dataclass
+class Written:
+    seq: int
+    path: str
+    index: pa.Table
+    ids: list[str]
+
+
+class Archive:
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
+        self.fs = fs
+        self.root = posixpath.join(root.rstrip("/"), "archive")
+        self.local = isinstance(fs, LocalFileSystem)
+        self.files: list[ArchiveFile] = []
+        self.queue_names: list[str] = []
+        self.queue_codes: dict[str, int] = {}
+        #: archived tasks by queue and status, for queue_stats
+        self.by_status: dict[str, Counter[str]] = {}
+        self.next_seq = 1
+        self._open: dict[int, pq.ParquetFile] = {}
+
+    # ---- loading ------------------------------------------------------------------------
+
+    def load(self) -> list[str]:
+        """Read every file's index columns; returns what could not be read (skipped)."""
+        problems = []
+        try:
+            paths = sorted(
+                p for p in self.fs.ls(self.root, detail=False) if str(p).endswith(".parquet")
+            )
+        except FileNotFoundError:
+            paths = []
+        for path in paths:
+            name = posixpath.basename(str(path))[: -len(".parquet")]
+            if not name.isdigit():
+                continue
+            try:
+                with self.fs.open(path, "rb") as f:
+                    table = pq.read_table(f, columns=INDEX_COLUMNS)
+            except Exception as exc:  # a damaged file loses its rows, not the registry
+                problems.append(f"archive file {path} unreadable ({exc}); skipped")
+                continue
+            self._add(int(name), str(path), table)
+        self._bury_duplicates()
+        return problems
+
+    def _bury_duplicates(self) -> None:
+        """Of a task in several files, only the newest file's row is current."""
+        if len(self.files) < 2:
+            return
+        hi = np.concatenate([f.hi for f in self.files])
+        lo = np.concatenate([f.lo for f in self.files])
+        which = np.concatenate(
+            [np.full(len(f.hi), i, dtype=np.uint32) for i, f in enumerate(self.files)]
+        )
+        rows = np.concatenate([np.arange(len(f.hi), dtype=np.uint32) for f in self.files])
+        order = np.lexsort((-which.astype(np.int64), lo, hi))  # by id, newest file first
+        same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
+        for at in np.nonzero(same)[0] + 1:
+            self._bury(self.files[int(which[order[at]])], int(rows[order[at]]))
+
+    def _code(self, queue: str) -> int:
+        code = self.queue_codes.get(queue)
+        if code is None:
+            code = self.queue_codes[queue] = len(self.queue_names)
+            self.queue_names.append(queue)
+        return code
+
+    def _add(self, seq: int, path: str, table: pa.Table) -> ArchiveFile:
+        queues = table.column("queue").to_pylist()
+        statuses = table.column("status").to_pylist()
+        outputs: dict[str, str] = {}
+        for text in table.column("outputs").to_pylist():
+            if text:
+                outputs.update(json.loads(text))
+        hi = table.column("hi").to_numpy()
+        ended = table.column("ended_at").to_numpy()
+        file = ArchiveFile(
+            seq=seq,
+            path=path,
+            newest_end=float(ended.max()) if len(ended) else 0.0,
+            created=table.column("created_at").to_numpy(),
+            hi=hi,
+            lo=table.column("lo").to_numpy(),
+            queue=np.array([self._code(q) for q in queues], dtype=np.uint16),
+            status=np.array([STATUSES.index(s) for s in statuses], dtype=np.uint8),
+            by_hi=np.argsort(hi, kind="stable").astype(np.uint32),
+            outputs=outputs,
+        )
+        for queue, status in zip(queues, statuses, strict=True):
+            self.by_status.setdefault(queue, Counter())[status] += 1
+        self.files.append(file)
+        self.next_seq = max(self.next_seq, seq + 1)
+        return file
+
+    # ---- writing ------------------------------------------------------------------------
+
+    def write(self, records: list[TaskRecord], payloads: dict[str, str]) -> Written:
+        """Store `records` (final) as a new file. Blocking: run in a thread, then `adopt`
+        what it returns on the registry's loop, before the records leave memory."""
+        rows = sorted(records, key=list_key, reverse=True)
+        halves = [id_halves(r.id) or (0, 0) for r in rows]
+        table = pa.table(
+            {
+                "id": [r.id for r in rows],
+                "hi": [h for h, _ in halves],
+                "lo": [lo for _, lo in halves],
+                "created_at": [r.created_at for r in rows],
+                "ended_at": [r.ended_at or r.updated_at for r in rows],
+                "queue": [r.queue for r in rows],
+                "status": [r.status.value for r in rows],
+                "outputs": [
+                    json.dumps({o["id"]: o["key"] for o in r.outputs}) if r.outputs else None
+                    for r in rows
+                ],
+                "payload": [payloads.get(r.id) for r in rows],
+                "record": [json.dumps(r.to_json(), separators=(",", ":")) for r in rows],
+            },
+            schema=SCHEMA,
+        )
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, row_group_size=ROW_GROUP, compression="zstd")
+        seq = self.next_seq
+        self.next_seq += 1
+        path = posixpath.join(self.root, f"{seq:016d}.parquet")
+        self._store(path, buffer.getvalue())
+        return Written(seq, path, table.select(INDEX_COLUMNS), [r.id for r in rows])
+
+    def adopt(self, written: Written) -> ArchiveFile:
+        """Index a file that `write` stored; an older archived copy of its tasks dies."""
+        for task_id in written.ids:
+            self.bury(task_id)
+        return self._add(written.seq, written.path, written.index)
+
+    def _store(self, path: str, data: bytes) -> None:
+        """Create the file whole: locally under a temporary name, fsync'ed, then renamed; on an
+        object store one PUT, which is atomic already."""
+        if not self.local:
+            self.fs.pipe_file(path, data)
+            return
+        path = self.fs._strip_protocol(path)
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_folder(posixpath.dirname(path))
+
+    # ---- reads --------------------------------------------------------------------------
+
+    def locate(self, task_id: str) -> tuple[ArchiveFile, int] | None:
+        halves = id_halves(task_id)
+        if halves is None:
+            return None
+        for file in reversed(self.files):
+            row = file.find(*halves)
+            if row is not None and file.status[row] != DEAD:
+                return file, row
+        return None
+
+    def status(self, task_id: str) -> str | None:
+        found = self.locate(task_id)
+        return None if found is None else STATUSES[int(found[0].status[found[1]])]
+
+    def key(self, task_id: str) -> Key | None:
+        found = self.locate(task_id)
+        return None if found is None else found[0].key(found[1])
+
+    def output_key(self, output_id: str) -> str | None:
+        for file in reversed(self.files):
+            key = file.outputs.get(output_id)
+            if key is not None:
+                return key
+        return None
+
+    def read(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
+        """The archived record and its stored arguments. Blocking: run in a thread."""
+        found = self.locate(task_id)
+        if found is None:
+            return None
+        ((rec, payload),) = self.read_rows([found])
+        return rec, payload
+
+    def read_rows(self, rows: list[tuple[ArchiveFile, int]]) -> list[tuple[TaskRecord, str | None]]:
+        """Records at (file, row) places, in the order given; one row group read per group
+        touched. Blocking: run in a thread."""
+        groups: dict[tuple[int, int], pa.Table] = {}
+        out = []
+        for file, row in rows:
+            group = row // ROW_GROUP
+            table = groups.get((file.seq, group))
+            if table is None:
+                table = self._parquet(file).read_row_group(group, columns=["record", "payload"])
+                groups[(file.seq, group)] = table
+            at = row % ROW_GROUP
+            record = TaskRecord.from_json(json.loads(table.column("record")[at].as_py()))
+            out.append((record, table.column("payload")[at].as_py()))
+        return out
+
+    def _parquet(self, file: ArchiveFile) -> pq.ParquetFile:
+        opened = self._open.get(file.seq)
+        if opened is None:
+            if len(self._open) >= 64:
+                self._open.pop(next(iter(self._open))).close()
+            opened = self._open[file.seq] = pq.ParquetFile(self.fs.open(file.path, "rb"))
+        return opened
+
+    def page(
+        self, queue: str | None, status: str | None, after: Key | None, limit: int
+    ) -> list[tuple[Key, ArchiveFile, int]]:
+        """Up to `limit` rows after `after` in list order, newest first, with the filters.
+        Each file is walked from its cursor position in windows, so a page costs about what
+        it returns, plus what the filters skip."""
+        want_queue = None if queue is None else self.queue_codes.get(queue)
+        if queue is not None and want_queue is None:
+            return []
+        want_status = None if status is None else STATUSES.index(status)
+        found: list[tuple[Key, ArchiveFile, int]] = []
+        for file in self.files:
+            row = file.before(after)
+            taken = 0
+            window = max(64, limit)
+            while row < len(file.created) and taken < limit:
+                end = min(len(file.created), row + window)
+                ok = file.status[row:end] != DEAD
+                if want_queue is not None:
+                    ok &= file.queue[row:end] == want_queue
+                if want_status is not None:
+                    ok &= file.status[row:end] == want_status
+                for at in (np.nonzero(ok)[0] + row)[: limit - taken]:
+                    found.append((file.key(int(at)), file, int(at)))
+                    taken += 1
+                row = end
+                window *= 4
+        found.sort(key=lambda item: item[0], reverse=True)
+        return found[:limit]
+
+    # ---- changes ------------------------------------------------------------------------
+
+    def bury(self, task_id: str) -> None:
+        """The archived row of `task_id` is no longer its record (the task is live again)."""
+        found = self.locate(task_id)
+        if found is not None:
+            self._bury(*found)
+
+    def _bury(self, file: ArchiveFile, row: int) -> None:
+        code = int(file.status[row])
+        if code == DEAD:
+            return
+        self.by_status[self.queue_names[int(file.queue[row])]][STATUSES[code]] -= 1
+        file.status[row] = DEAD
+
+    def expired(self, cutoff: float) -> list[ArchiveFile]:
+        """Files whose newest task ended before `cutoff`: retention removes them whole."""
+        return [f for f in self.files if f.newest_end < cutoff]
+
+    def drop(self, file: ArchiveFile) -> None:
+        """Forget a file (retention); the caller deletes it, then its tasks' outputs."""
+        current = file.status != DEAD
+        pairs = np.stack([file.queue[current], file.status[current]], axis=1)
+        for (queue, status), n in zip(*np.unique(pairs, axis=0, return_counts=True), strict=True):
+            self.by_status[self.queue_names[int(queue)]][STATUSES[int(status)]] -= int(n)
+        file.status[:] = DEAD
+        self.files.remove(file)
+        opened = self._open.pop(file.seq, None)
+        if opened is not None:
+            opened.close()
+
+    def __len__(self) -> int:
+        return sum(len(f) for f in self.files)
+
+    def counts(self) -> Iterable[tuple[str, Counter[str]]]:
+        return self.by_status.items()

@@ -1,0 +1,274 @@
+"""The archive (SPEC §11) without Ray: a real journal and Parquet files on a temp folder."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from raybeam.core import RegistryCore
+from raybeam.intake import Intake
+from raybeam.middleware.retention import Retention
+from raybeam.reads import Reads
+from raybeam.record import TaskStatus
+from raybeam.wire import failed, succeeded
+from tests.unit.test_core import definition, dispatched, make_core
+
+pytestmark = pytest.mark.timeout(60)
+S = TaskStatus
+
+
+def uid(n: int) -> str:
+    return str(uuid.UUID(int=(n * 0x9E3779B97F4A7C15) % 2**128))
+
+
+def run(root: Path, scenario: Callable[[RegistryCore], Awaitable[None]]) -> None:
+    """Like test_core.run, but the scenario may boot several cores on one storage."""
+
+    async def main() -> None:
+        core = make_core(root)
+        await core.boot()
+        try:
+            await scenario(core)
+        finally:
+            for task in list(core.background):
+                task.cancel()
+            await asyncio.gather(*core.background, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+async def fill(core: RegistryCore, queue: str, ids: list[str], value: Any = None) -> None:
+    """Submit `ids` to `queue` and complete them (FAILED for ids at odd positions)."""
+    intake = Intake(core)
+    if queue not in core.queues:
+        await intake.register_queue(definition(queue, cap=100_000, retries=0), b"blob")
+    for start in range(0, len(ids), 500):
+        await intake.submit(
+            queue,
+            [{"id": t, "payload": f"p-{t}", "overrides": {}} for t in ids[start : start + 500]],
+        )
+    sent = dict(dispatched(core).submitted)
+    for n, t in enumerate(ids):
+        if n % 2:
+            await core.settle(t, sent[t], failed("boom", retryable=False))
+        else:
+            await core.settle(t, sent[t], succeeded(value if value is not None else {"n": n}, []))
+    await asyncio.sleep(0)  # the failed ones' final hooks run, then all is stored
+    await Reads(core).committed(core.tasks.values())
+
+
+async def archive_all(core: RegistryCore) -> int:
+    moved = 0
+    while n := await core.archive_ended(-1.0):
+        moved += n
+    return moved
+
+
+async def everything(reads: Reads, queue: str | None, status: str | None, limit: int) -> list[str]:
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = await reads.list(queue, status, limit, cursor)
+        seen += [r["id"] for r in page]
+        if cursor is None:
+            return seen
+
+
+def test_archived_tasks_read_the_same_and_leave_memory_and_the_journal(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(40)]
+
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        await fill(core, "q", ids)
+        before = {t: await reads.get(t) for t in ids}
+        results = {t: (await reads.wait_final(t, 1)) for t in ids}
+        history = {t: await reads.history(t) for t in ids}
+        stats = reads.queue_stats()
+        assert await archive_all(core) == 40
+        assert not core.tasks and not core.payloads
+        for t in ids:
+            assert await reads.get(t) == before[t]
+            assert await reads.wait_final(t, 1) == results[t]
+            assert await reads.history(t) == history[t]
+            assert (await reads.watch(t, "PENDING", 1))["status"] == before[t]["status"]
+        assert await reads.statuses(ids) == {t: before[t]["status"] for t in ids}
+        assert await reads.exists([ids[0], uid(999)]) == [True, False]
+        assert reads.queue_stats() == stats  # counters, the archived ones included
+        assert await reads.get("not-a-uuid") is None
+
+    run(tmp_path, scenario)
+    files = list((tmp_path / "storage" / "registry" / "archive").glob("*.parquet"))
+    assert len(files) == 1
+    assert pq.read_metadata(files[0]).num_rows == 40
+
+
+def test_a_restart_reads_only_live_state_and_the_archive_index(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(30)]
+    live_ids = [uid(n) for n in range(100, 105)]
+
+    async def first(core: RegistryCore) -> None:
+        await fill(core, "q", ids)
+        assert await archive_all(core) == 30
+        await Intake(core).submit(
+            "q", [{"id": t, "payload": "p", "overrides": {}} for t in live_ids]
+        )
+        # a snapshot now holds the live tasks only
+        await core.commits._compact()
+
+    run(tmp_path, first)
+    snapshot = next((tmp_path / "storage" / "registry" / "snapshot").glob("*.json")).read_text()
+    assert all(t not in snapshot for t in ids) and all(t in snapshot for t in live_ids)
+
+    async def second(core: RegistryCore) -> None:
+        reads = Reads(core)
+        assert sorted(core.tasks) == sorted(live_ids)
+        assert len(core.archive) == 30
+        got = await reads.get(ids[3])
+        assert got is not None and got["status"] == "FAILED"
+        assert reads.queue_stats()["q"]["by_status"] == {"COMPLETE": 15, "FAILED": 15, "PENDING": 5}
+
+    run(tmp_path, second)
+
+
+def test_listing_crosses_live_and_archived_pages_without_gaps_or_duplicates(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        ids = []
+        for batch in range(4):  # four batches, each a file once archived
+            made = [uid(batch * 1000 + n) for n in range(25)]
+            await fill(core, "q" if batch % 2 else "other", made)
+            ids += made
+            if batch < 3:
+                await archive_all(core)
+            time.sleep(0.01)  # a new creation time per batch
+        assert len(core.archive.files) == 3 and len(core.tasks) == 25
+        expected = [r["id"] for r in (await reads.list(None, None, 1000, None))[0]]
+        assert sorted(expected) == sorted(ids)
+        for limit in (1, 7, 25, 60):
+            assert await everything(reads, None, None, limit) == expected
+        failed_q = [t for t in expected if (await reads.get(t))["status"] == "FAILED"]
+        failed_q = [t for t in failed_q if (await reads.get(t))["queue"] == "q"]
+        assert await everything(reads, "q", "FAILED", 4) == failed_q
+        assert await everything(reads, "nowhere", None, 4) == []
+        # newest first: creation times never go up along the listing
+        created = [(await reads.get(t))["created_at"] for t in expected]
+        assert created == sorted(created, reverse=True)
+
+    run(tmp_path, scenario)
+
+
+def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(6)]
+
+    async def scenario(core: RegistryCore) -> None:
+        reads, intake = Reads(core), Intake(core)
+        await fill(core, "q", ids)
+        await archive_all(core)
+        ((made),) = await intake.requeue([ids[1]])
+        assert made["retry_of"] == ids[1]
+        old = await reads.get(ids[1])
+        assert (
+            old is not None and old["retried_as"] == made["task_id"] and old["status"] == "FAILED"
+        )
+        # by queue and status, archived ones included: ids 3 and 5 failed too
+        again = await intake.requeue(None, "q", "FAILED", 10)
+        assert sorted(m["retry_of"] for m in again) == sorted([ids[3], ids[5]])
+        listed = await everything(reads, "q", None, 5)
+        assert len(listed) == len(set(listed)) == 9
+        # archived again later: read from the newest file, the older row is dead
+        sent = dict(dispatched(core).submitted)
+        for m in [made, *again]:
+            await core.settle(m["task_id"], sent[m["task_id"]], succeeded(1, []))
+        await archive_all(core)
+        assert (await reads.get(ids[1]))["retried_as"] == made["task_id"]
+        assert len(core.archive) == 9
+        assert await everything(reads, "q", None, 4) == listed
+
+    run(tmp_path, scenario)
+
+    async def after_restart(core: RegistryCore) -> None:
+        reads = Reads(core)
+        assert len(core.archive) == 9  # duplicates across files: the newest one counts
+        assert (await reads.get(ids[1]))["retried_as"] is not None
+        assert len(await everything(Reads(core), "q", None, 3)) == 9
+
+    run(tmp_path, after_restart)
+
+
+def test_records_that_change_while_archived_stay_in_memory(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(4)]
+
+    async def scenario(core: RegistryCore) -> None:
+        await fill(core, "q", ids)
+        write = core.archive.write
+
+        def slow_write(records: Any, payloads: Any) -> Any:
+            time.sleep(0.3)
+            return write(records, payloads)
+
+        core.archive.write = slow_write  # type: ignore[method-assign]
+        moving = asyncio.ensure_future(core.archive_ended(-1.0))
+        await asyncio.sleep(0.1)
+        await Intake(core).requeue([ids[1]])  # changes ids[1] while its file is written
+        assert await moving == 4
+        assert ids[1] in core.tasks and ids[0] not in core.tasks
+        assert core.archive.locate(ids[1]) is None  # its archived copy is dead
+        assert (await Reads(core).get(ids[1]))["retried_as"] is not None
+
+    run(tmp_path, scenario)
+
+
+def test_retention_drops_whole_archive_files_and_their_outputs(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(10)]
+
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        outputs = core.storage
+        await fill(core, "q", ids[:5])
+        for t in ids[:5]:  # an output per task, as a worker would have saved it
+            rec = core.tasks[t]
+            key = f"outputs/q/{t}/{uuid.uuid4().hex}/a.txt"
+            outputs.put_bytes(key, b"x")
+            rec.outputs = [{"id": key.split("/")[3], "name": "a.txt", "key": key, "size": 1}]
+            core.stage(rec)
+        await core.commits.commit()
+        await archive_all(core)
+        (first_output, first_key), *_ = core.archive.files[0].outputs.items()
+        assert reads.output_key(first_output) == first_key  # the download route's lookup
+        time.sleep(0.05)
+        cutoff_age = time.time() - core.archive.files[0].newest_end
+        await fill(core, "q", ids[5:])
+        await archive_all(core)
+        retention = next(h for h in core.hooks if isinstance(h, Retention))
+        # the first file's tasks are past the age, the second's not
+        forgotten = await retention.purge(cutoff_age - 0.02)
+        assert forgotten == 5 and len(core.archive.files) == 1
+        assert [await reads.get(t) for t in ids[:5]] == [None] * 5
+        assert None not in [await reads.get(t) for t in ids[5:]]
+        assert not list((tmp_path / "storage" / "outputs" / "q").glob("*"))
+        assert reads.queue_stats()["q"]["by_status"] == {"COMPLETE": 3, "FAILED": 2}
+
+    run(tmp_path, scenario)
+
+
+def test_undelivered_webhooks_and_recent_tasks_stay_in_memory(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(2)]
+
+    async def scenario(core: RegistryCore) -> None:
+        await fill(core, "q", ids)
+        assert await core.archive_ended(3600) == 0  # ended just now
+        spec = core.tasks[ids[0]].spec
+        core.tasks[ids[0]].spec = dataclasses.replace(spec, callback_url="http://127.0.0.1:9/h")
+        core.tasks[ids[0]].webhook = {"url": "x", "delivered": False, "attempts": []}
+        assert await core.archive_ended(-1.0) == 1
+        assert list(core.tasks) == [ids[0]]
+
+    run(tmp_path, scenario)
