@@ -5,9 +5,12 @@ written once and never changed. Rows are sorted newest first by (created_at, id)
 groups of `ROW_GROUP` rows; each row holds the record as JSON, its stored arguments (so an
 archived task can be requeued) and, apart, what the reads need without opening the file.
 
-Memory holds, per archived task, 41 bytes in numpy arrays and no Python object: its id as two
-64-bit halves, its creation time, queue and status codes, and the position of its id in the
-file's sorted ids. So:
+Each file `<seq>.parquet` has its index columns alone beside it in `<seq>.index.parquet` (one
+row group), which is what a restart reads: 0.1 s for 200,000 archived tasks here.
+
+Memory holds, per archived task, 31 bytes in numpy arrays and no Python object (42 bytes
+measured with the rest): its id as two 64-bit halves, its creation time, queue and status
+codes, and the position of its id in the file's sorted ids. So:
 - a lookup by id is a binary search per file and reads one row group of one file;
 - a listing page walks each file's arrays from the cursor, skipping what the filters reject,
   and reads only the rows it returns;
@@ -25,14 +28,16 @@ import json
 import logging
 import os
 import posixpath
+import re
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -58,21 +63,42 @@ SCHEMA = pa.schema(
         ("ended_at", pa.float64()),
         ("queue", pa.string()),
         ("status", pa.string()),
-        ("outputs", pa.string()),  # {output id: key} as JSON, null without outputs
+        ("outputs", pa.string()),  # stored_files() as JSON, null when none
         ("payload", pa.string()),
         ("record", pa.string()),
     ]
 )
+#: beside each `<seq>.parquet`: its index columns alone
+INDEX_SUFFIX = ".index.parquet"
 INDEX_COLUMNS = ["hi", "lo", "created_at", "ended_at", "queue", "status", "outputs"]
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def id_halves(task_id: str) -> tuple[int, int] | None:
-    """A task id (a UUID) as two 64-bit integers, in the order of the id's text."""
-    try:
-        value = uuid.UUID(task_id).int
-    except (ValueError, AttributeError, TypeError):
+    """A task id (a UUID as raybeam writes it) as two 64-bit integers, in the order of the
+    id's text; None for any other string."""
+    if not isinstance(task_id, str) or not _UUID.fullmatch(task_id):
         return None
+    value = int(task_id.replace("-", ""), 16)
     return value >> 64, value & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def _codes(column: pa.ChunkedArray, code: Callable[[str], int]) -> np.ndarray:
+    """A string column as integer codes, one `code()` call per distinct value."""
+    encoded = column.combine_chunks().dictionary_encode()
+    mapping = np.array([code(v) for v in encoded.dictionary.to_pylist()], dtype=np.int64)
+    return mapping[encoded.indices.to_numpy(zero_copy_only=False)] if len(mapping) else mapping
+
+
+def stored_files(rec: TaskRecord) -> dict[str, str]:
+    """The task's files in storage, by output id: its outputs and, under "result:<task id>"
+    (which no output id can be), a large return value. Retention removes their folder."""
+    files = {o["id"]: o["key"] for o in rec.outputs}
+    if rec.result_key is not None:
+        files[f"result:{rec.id}"] = rec.result_key
+    return files
 
 
 def list_key(rec: TaskRecord) -> Key:
@@ -125,6 +151,11 @@ class ArchiveFile:
         """Its rows that are current (not dead)."""
         return int(np.count_nonzero(self.status != DEAD))
 
+    @property
+    def paths(self) -> list[str]:
+        """Its files: the data, and the index beside it."""
+        return [self.path, self.path[: -len(".parquet")] + INDEX_SUFFIX]
+
     def key(self, row: int) -> Key:
         return (float(self.created[row]), int(self.hi[row]), int(self.lo[row]))
 
@@ -153,26 +184,29 @@ class Archive:
     # ---- loading ------------------------------------------------------------------------
 
     def load(self) -> list[str]:
-        """Read every file's index columns; returns what could not be read (skipped)."""
+        """Read every file's index; returns what could not be read (skipped)."""
         problems = []
         try:
-            paths = sorted(
-                p for p in self.fs.ls(self.root, detail=False) if str(p).endswith(".parquet")
-            )
+            names = {posixpath.basename(str(p)) for p in self.fs.ls(self.root, detail=False)}
         except FileNotFoundError:
-            paths = []
-        for path in paths:
-            name = posixpath.basename(str(path))[: -len(".parquet")]
-            if not name.isdigit():
+            names = set()
+        for name in sorted(names):
+            seq = name[: -len(".parquet")]
+            if not (name.endswith(".parquet") and seq.isdigit()):
                 continue
+            path = posixpath.join(self.root, name)
+            index = f"{seq}{INDEX_SUFFIX}"
             try:
-                with self.fs.open(path, "rb") as f:
+                # the index file is the fast way; the data file holds the same columns
+                source = posixpath.join(self.root, index) if index in names else path
+                with self.fs.open(source, "rb") as f:
                     table = pq.read_table(f, columns=INDEX_COLUMNS)
             except Exception as exc:  # a damaged file loses its rows, not the registry
                 problems.append(f"archive file {path} unreadable ({exc}); skipped")
                 continue
-            self._add(int(name), str(path), table)
+            self._add(int(seq), path, table)
         self._bury_duplicates()
+        pa.default_memory_pool().release_unused()
         return problems
 
     def _bury_duplicates(self) -> None:
@@ -180,15 +214,25 @@ class Archive:
         if len(self.files) < 2:
             return
         hi = np.concatenate([f.hi for f in self.files])
+        ordered = np.sort(hi)
+        if not np.any(ordered[1:] == ordered[:-1]):
+            return  # the usual case: no task was archived twice
         lo = np.concatenate([f.lo for f in self.files])
         which = np.concatenate(
-            [np.full(len(f.hi), i, dtype=np.uint32) for i, f in enumerate(self.files)]
+            [np.full(len(f.hi), i, dtype=np.int64) for i, f in enumerate(self.files)]
         )
-        rows = np.concatenate([np.arange(len(f.hi), dtype=np.uint32) for f in self.files])
-        order = np.lexsort((-which.astype(np.int64), lo, hi))  # by id, newest file first
+        rows = np.concatenate([np.arange(len(f.hi), dtype=np.int64) for f in self.files])
+        order = np.lexsort((-which, lo, hi))  # by id, newest file first
         same = (hi[order][1:] == hi[order][:-1]) & (lo[order][1:] == lo[order][:-1])
         for at in np.nonzero(same)[0] + 1:
             self._bury(self.files[int(which[order[at]])], int(rows[order[at]]))
+
+    def _count(self, queue: np.ndarray, status: np.ndarray, sign: int) -> None:
+        """Add (or take away) rows to the counters by queue and status."""
+        pairs = np.bincount(queue.astype(np.int64) * 256 + status, minlength=1)
+        for code in np.nonzero(pairs)[0]:
+            name, value = self.queue_names[int(code) // 256], STATUSES[int(code) % 256]
+            self.by_status.setdefault(name, Counter())[value] += sign * int(pairs[code])
 
     def _code(self, queue: str) -> int:
         code = self.queue_codes.get(queue)
@@ -198,28 +242,28 @@ class Archive:
         return code
 
     def _add(self, seq: int, path: str, table: pa.Table) -> ArchiveFile:
-        queues = table.column("queue").to_pylist()
-        statuses = table.column("status").to_pylist()
+        # column-wise, no Python object per row: a restart reads a million rows in a second
+        queue = _codes(table.column("queue"), self._code).astype(np.uint16)
+        status = _codes(table.column("status"), STATUSES.index).astype(np.uint8)
         outputs: dict[str, str] = {}
-        for text in table.column("outputs").to_pylist():
-            if text:
-                outputs.update(json.loads(text))
-        hi = table.column("hi").to_numpy()
-        ended = table.column("ended_at").to_numpy()
+        for text in pc.drop_null(table.column("outputs")).to_pylist():
+            outputs.update(json.loads(text))
+        # copies, so Arrow's buffers (and the strings read with them) are freed
+        hi = np.array(table.column("hi"), dtype=np.uint64)
+        ended = np.array(table.column("ended_at"), dtype=np.float64)
         file = ArchiveFile(
             seq=seq,
             path=path,
             newest_end=float(ended.max()) if len(ended) else 0.0,
-            created=table.column("created_at").to_numpy(),
+            created=np.array(table.column("created_at"), dtype=np.float64),
             hi=hi,
-            lo=table.column("lo").to_numpy(),
-            queue=np.array([self._code(q) for q in queues], dtype=np.uint16),
-            status=np.array([STATUSES.index(s) for s in statuses], dtype=np.uint8),
+            lo=np.array(table.column("lo"), dtype=np.uint64),
+            queue=queue,
+            status=status,
             by_hi=np.argsort(hi, kind="stable").astype(np.uint32),
             outputs=outputs,
         )
-        for queue, status in zip(queues, statuses, strict=True):
-            self.by_status.setdefault(queue, Counter())[status] += 1
+        self._count(queue, status, +1)
         self.files.append(file)
         self.next_seq = max(self.next_seq, seq + 1)
         return file
@@ -240,10 +284,7 @@ class Archive:
                 "ended_at": [r.ended_at or r.updated_at for r in rows],
                 "queue": [r.queue for r in rows],
                 "status": [r.status.value for r in rows],
-                "outputs": [
-                    json.dumps({o["id"]: o["key"] for o in r.outputs}) if r.outputs else None
-                    for r in rows
-                ],
+                "outputs": [json.dumps(stored_files(r)) if stored_files(r) else None for r in rows],
                 "payload": [payloads.get(r.id) for r in rows],
                 "record": [json.dumps(r.to_json(), separators=(",", ":")) for r in rows],
             },
@@ -254,13 +295,18 @@ class Archive:
         seq = self.next_seq
         self.next_seq += 1
         path = posixpath.join(self.root, f"{seq:016d}.parquet")
+        index = table.select(INDEX_COLUMNS)
         self._store(path, buffer.getvalue())
-        return Written(seq, path, table.select(INDEX_COLUMNS), [r.id for r in rows])
+        # the same index columns in one row group: what a restart reads, in milliseconds
+        buffer = io.BytesIO()
+        pq.write_table(index, buffer, compression="zstd")
+        self._store(posixpath.join(self.root, f"{seq:016d}{INDEX_SUFFIX}"), buffer.getvalue())
+        return Written(seq, path, index, [r.id for r in rows])
 
     def adopt(self, written: Written) -> ArchiveFile:
-        """Index a file that `write` stored; an older archived copy of its tasks dies."""
-        for task_id in written.ids:
-            self.bury(task_id)
+        """Index a file that `write` stored. (An older archived copy of one of its tasks is
+        dead already: it died when the task came back to memory, or when the registry found
+        the task both in memory and in the archive at its start.)"""
         return self._add(written.seq, written.path, written.index)
 
     def _store(self, path: str, data: bytes) -> None:
@@ -390,9 +436,7 @@ class Archive:
     def drop(self, file: ArchiveFile) -> None:
         """Forget a file (retention); the caller deletes it, then its tasks' outputs."""
         current = file.status != DEAD
-        pairs = np.stack([file.queue[current], file.status[current]], axis=1)
-        for (queue, status), n in zip(*np.unique(pairs, axis=0, return_counts=True), strict=True):
-            self.by_status[self.queue_names[int(queue)]][STATUSES[int(status)]] -= int(n)
+        self._count(file.queue[current], file.status[current], -1)
         file.status[:] = DEAD
         self.files.remove(file)
         opened = self._open.pop(file.seq, None)

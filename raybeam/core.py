@@ -307,6 +307,7 @@ class RegistryCore:
             if isinstance(outcome["duration"], float):
                 self.dispatch.observe(rec.queue, outcome["duration"])
             rec.result, rec.result_blob = outcome["result"], outcome["result_blob"]
+            rec.result_key = outcome.get("result_key")
             rec.failure_reason = None
             self._set_status(rec, COMPLETE)
             await self._after_final(rec)

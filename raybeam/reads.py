@@ -17,6 +17,7 @@ from typing import Any
 from raybeam.archive import Key, list_key
 from raybeam.core import RegistryCore
 from raybeam.record import TaskRecord
+from raybeam.wire import read_large_result
 
 
 def version(rec: TaskRecord) -> str:
@@ -63,9 +64,31 @@ class Reads:
             return live
         return None if found is None else found[0]
 
+    async def full_info(self, rec: TaskRecord) -> dict[str, Any]:
+        """The record with its return value, read back from storage when it was large
+        (`result_blob` too: the pickled value of a return value that is not JSON)."""
+        info = self.info(rec)
+        info["result_blob"] = rec.result_blob
+        if rec.result_key is not None:
+            data = await asyncio.to_thread(self._read, rec.result_key)
+            if data is not None:
+                info["result"], info["result_blob"] = read_large_result(rec.result_key, data)
+        return info
+
+    def _read(self, key: str) -> bytes | None:
+        try:
+            with self.core.storage.open(key) as f:
+                return bytes(f.read())
+        except FileNotFoundError:  # removed by retention meanwhile
+            return None
+
     async def get(self, task_id: str) -> dict[str, Any] | None:
         rec = await self._stored(task_id)
-        return None if rec is None else self.info(rec)
+        if rec is None:
+            return None
+        info = await self.full_info(rec)
+        del info["result_blob"]
+        return info
 
     async def history(self, task_id: str) -> list[tuple[str, float]] | None:
         rec = await self._stored(task_id)
@@ -104,9 +127,7 @@ class Reads:
         if not rec.status.is_final:
             await self.wait(self.core.waiters, [task_id], timeout)
         await self.committed([rec])
-        info = self.info(rec)
-        info["result_blob"] = rec.result_blob
-        return info
+        return await self.full_info(rec)
 
     async def watch(self, task_id: str, seen: str | None, timeout: float) -> dict[str, Any] | None:
         """The record once its stored state differs from `seen` (or after `timeout` s):
@@ -118,7 +139,8 @@ class Reads:
         if seen in (rec.status.value, version(rec)) and not rec.status.is_final:
             await self.wait(self.core.watchers, [task_id], timeout)
         await self.committed([rec])
-        info = self.info(rec)
+        info = await self.full_info(rec)
+        del info["result_blob"]
         info["version"] = version(rec)
         return info
 

@@ -115,6 +115,8 @@ class TaskRecord:
     result: Any = None
     #: base64 of the pickled return value when it is not JSON
     result_blob: str | None = None
+    #: where a large return value is stored instead of `result` / `result_blob` (SPEC §11)
+    result_key: str | None = None
     failure_reason: str | None = None
     outputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     webhook: dict[str, Any] | None = None

@@ -20,7 +20,16 @@ import ray
 
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.context import TaskContext, attempt_ended, reset_context, set_context
-from raybeam.wire import START_REPORT_DELAY, Attempt, Outcome, decode_payload, failed, succeeded
+from raybeam.storage import OUTPUTS, storage_from_settings
+from raybeam.wire import (
+    START_REPORT_DELAY,
+    Attempt,
+    Outcome,
+    decode_payload,
+    failed,
+    large_result,
+    succeeded,
+)
 
 log = logging.getLogger("raybeam.runner")
 
@@ -176,6 +185,11 @@ def call_handler(bundle: FunctionBundle, attempt: Attempt, on_start_value: Any =
         # right after it (max_calls), before a batch of puts went out
         attempt_ended()
         outcome = succeeded(value, ctx.saved_outputs)
+        large = large_result(outcome)
+        if large is not None:  # stored beside the outputs, so the record stays small
+            key = f"{OUTPUTS}/{attempt.queue}/{attempt.task_id}/{large[0]}"
+            storage_from_settings(attempt.storage_url or None).put_bytes(key, large[1])
+            outcome["result"], outcome["result_blob"], outcome["result_key"] = None, None, key
     except Exception as exc:
         retryable = bundle.retry_for is None or isinstance(exc, bundle.retry_for)
         outcome = failed(traceback.format_exc(), retryable, ctx.saved_outputs)

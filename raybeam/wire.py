@@ -46,6 +46,8 @@ class Outcome(TypedDict):
     result: Any
     #: base64 of the pickled return value when it is not JSON
     result_blob: str | None
+    #: where a return value over LARGE_RESULT was stored instead (then both above are None)
+    result_key: str | None
     #: the traceback or system failure; None when ok
     error: str | None
     retryable: bool
@@ -64,17 +66,42 @@ class Outcome(TypedDict):
 def succeeded(value: Any, outputs: list[dict[str, Any]]) -> Outcome:
     result, blob = encode_result(value)
     return Outcome(
-        ok=True, result=result, result_blob=blob, error=None, retryable=False,
+        ok=True, result=result, result_blob=blob, result_key=None, error=None, retryable=False,
         outputs=outputs, container_id=None, started_at=None, duration=None, progress=None,
     )  # fmt: skip
 
 
 def failed(error: str, retryable: bool, outputs: list[dict[str, Any]] | None = None) -> Outcome:
     return Outcome(
-        ok=False, result=None, result_blob=None, error=error, retryable=retryable,
+        ok=False, result=None, result_blob=None, result_key=None, error=error, retryable=retryable,
         outputs=list(outputs or []), container_id=None, started_at=None, duration=None,
         progress=None,
     )  # fmt: skip
+
+
+#: SPEC §11: a return value larger than this (as JSON, or pickled) is stored beside the
+#: outputs, not in the record
+LARGE_RESULT = 64 * 1024
+#: the file names a large return value is stored under, in its task's output folder
+RESULT_JSON, RESULT_BLOB = "result.json", "result.blob"
+
+
+def large_result(outcome: Outcome) -> tuple[str, bytes] | None:
+    """The file name and content to store a large return value under; None when small."""
+    if outcome["result_blob"] is not None:
+        blob = outcome["result_blob"].encode()
+        return (RESULT_BLOB, blob) if len(blob) > LARGE_RESULT else None
+    if outcome["result"] is None or isinstance(outcome["result"], (bool, int, float)):
+        return None
+    text = json.dumps(outcome["result"], separators=(",", ":")).encode()
+    return (RESULT_JSON, text) if len(text) > LARGE_RESULT else None
+
+
+def read_large_result(key: str, data: bytes) -> tuple[Any, str | None]:
+    """(result, result_blob) from a stored large return value."""
+    if key.endswith(RESULT_BLOB):
+        return None, data.decode()
+    return json.loads(data), None
 
 
 def encode_payload(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -35,7 +36,7 @@ class Retention(Middleware):
             self.host.forget(rec)
         if old:
             await self.host.persist()
-            folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs}
+            folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs or r.result_key}
             await asyncio.to_thread(self._remove_outputs, folders)
         # archive files go whole, once their newest task is past the retention
         archive = self.host.archive
@@ -43,11 +44,17 @@ class Retention(Middleware):
         for file in archive.expired(cutoff):
             forgotten += len(file)
             archive.drop(file)
-            await asyncio.to_thread(archive.fs.rm, file.path)
+            await asyncio.to_thread(self._remove_files, file.paths)
             # outputs/<queue>/<task_id>/<output_id>/<name> -> the task's folder
             folders = {"/".join(key.split("/")[:3]) for key in file.outputs.values()}
             await asyncio.to_thread(self._remove_outputs, folders)
         return forgotten
+
+    def _remove_files(self, paths: list[str]) -> None:
+        for path in paths:
+            # an index file may be missing: a crash came between the two writes
+            with contextlib.suppress(FileNotFoundError):
+                self.host.archive.fs.rm(path)
 
     def _remove_outputs(self, folders: set[str]) -> None:
         storage = self.host.storage

@@ -21,6 +21,7 @@ from raybeam import webhooks
 from raybeam.host import Host
 from raybeam.middleware import Middleware
 from raybeam.record import TaskRecord, iso
+from raybeam.wire import read_large_result
 
 log = logging.getLogger("raybeam.webhooks")
 
@@ -107,8 +108,12 @@ class Webhooks(Middleware):
     def _prepare(self, rec: TaskRecord) -> tuple[dict[str, Any], bytes]:
         """The payload and the signing key; both may need the storage, so not on the loop."""
         outputs = self.host.public_outputs(rec)
+        result = rec.result
+        if rec.result_key is not None:  # a large return value, stored beside the outputs
+            with self.host.storage.open(rec.result_key) as f:
+                result = read_large_result(rec.result_key, f.read())[0]
         payload = webhooks.build_payload(
-            rec.id, rec.status.value, rec.result, outputs, rec.failure_reason, rec.progress
+            rec.id, rec.status.value, result, outputs, rec.failure_reason, rec.progress
         )
         key: bytes = self.host.storage.webhook_key()
         return payload, key

@@ -105,9 +105,10 @@ def test_archived_tasks_read_the_same_and_leave_memory_and_the_journal(tmp_path:
         assert await reads.get("not-a-uuid") is None
 
     run(tmp_path, scenario)
-    files = list((tmp_path / "storage" / "registry" / "archive").glob("*.parquet"))
-    assert len(files) == 1
-    assert pq.read_metadata(files[0]).num_rows == 40
+    names = sorted(p.name for p in (tmp_path / "storage" / "registry" / "archive").iterdir())
+    assert names == ["0000000000000001.index.parquet", "0000000000000001.parquet"]
+    for name in names:  # the data, and its index for restarts
+        assert pq.read_metadata(tmp_path / "storage" / "registry" / "archive" / name).num_rows == 40
 
 
 def test_a_restart_reads_only_live_state_and_the_archive_index(tmp_path: Path) -> None:
@@ -270,5 +271,43 @@ def test_undelivered_webhooks_and_recent_tasks_stay_in_memory(tmp_path: Path) ->
         core.tasks[ids[0]].webhook = {"url": "x", "delivered": False, "attempts": []}
         assert await core.archive_ended(-1.0) == 1
         assert list(core.tasks) == [ids[0]]
+
+    run(tmp_path, scenario)
+
+
+def test_large_return_values_are_read_back_from_beside_the_outputs(tmp_path: Path) -> None:
+    from raybeam.wire import LARGE_RESULT, large_result
+
+    big = {"text": "x" * (LARGE_RESULT + 1)}
+    assert large_result(succeeded({"small": 1}, [])) is None
+    assert large_result(succeeded(7, [])) is None
+    name, data = large_result(succeeded(big, [])) or ("", b"")
+    assert name == "result.json" and len(data) > LARGE_RESULT
+    assert (large_result(succeeded({1, 2}, [])) or ("",))[0] == ""  # a small pickled value
+    ids = [uid(1), uid(2)]
+
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        await fill(core, "q", [ids[0]], value=None)
+        intake = Intake(core)
+        await intake.submit("q", [{"id": ids[1], "payload": "p", "overrides": {}}])
+        key = f"outputs/q/{ids[1]}/result.json"
+        core.storage.put_bytes(key, data)  # as the worker stores it
+        outcome = succeeded(None, [])
+        outcome["result_key"] = key
+        await core.settle(ids[1], dict(dispatched(core).submitted)[ids[1]], outcome)
+        assert core.tasks[ids[1]].result is None  # the record stays small
+        got = await reads.get(ids[1])
+        assert got is not None and got["result"] == big and got["outputs"] == []
+        assert (await reads.wait_final(ids[1], 1))["result"] == big
+        journal = "".join(
+            p.read_text() for p in (tmp_path / "storage" / "registry" / "journal").iterdir()
+        )
+        assert "x" * 1000 not in journal
+        await archive_all(core)
+        assert (await reads.get(ids[1]))["result"] == big  # archived, still read back
+        retention = next(h for h in core.hooks if isinstance(h, Retention))
+        assert await retention.purge(-1.0) == 2
+        assert not (tmp_path / "storage" / key).exists()
 
     run(tmp_path, scenario)
