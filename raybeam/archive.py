@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from raybeam import codec
 from raybeam.keys import fsync_folder
 from raybeam.record import TaskRecord, TaskStatus
 
@@ -286,7 +287,7 @@ class Archive:
                 "status": [r.status.value for r in rows],
                 "outputs": [json.dumps(stored_files(r)) if stored_files(r) else None for r in rows],
                 "payload": [payloads.get(r.id) for r in rows],
-                "record": [json.dumps(r.to_json(), separators=(",", ":")) for r in rows],
+                "record": [codec.dumps(r) for r in rows],
             },
             schema=SCHEMA,
         )
@@ -372,7 +373,7 @@ class Archive:
                 table = self._parquet(file).read_row_group(group, columns=["record", "payload"])
                 groups[(file.seq, group)] = table
             at = row % ROW_GROUP
-            record = TaskRecord.from_json(json.loads(table.column("record")[at].as_py()))
+            record = TaskRecord.from_json(codec.loads(table.column("record")[at].as_py()))
             out.append((record, table.column("payload")[at].as_py()))
         return out
 

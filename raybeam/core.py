@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
+from raybeam import codec
 from raybeam.admission import SpecCache
 from raybeam.archive import FILE_ROWS, Archive, id_halves
 from raybeam.host import Dispatch, Host, Timers
@@ -421,8 +422,8 @@ def _mark(rec: TaskRecord) -> tuple[Any, ...]:
 
 
 def _serialise(value: Any) -> Any:
-    if isinstance(value, TaskRecord):
-        return value.to_json()
+    """A detached plain copy of a value to store, made on the loop (the batch is written in a
+    thread while records go on changing): through orjson, a few microseconds a record."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
+        return codec.loads(codec.dumps(value))
     return value

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -39,7 +38,7 @@ from typing import IO, Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from raybeam import config
+from raybeam import codec, config
 from raybeam.errors import CorruptBlob, SegmentExists, StorageInUse
 from raybeam.keys import fsync_folder
 
@@ -131,8 +130,8 @@ class Journal:
         base = 0
         for seq, path in reversed(self._seq_files("snapshot", ".json")):
             try:
-                with self.fs.open(path, "r") as f:
-                    entries = json.load(f)
+                with self.fs.open(path, "rb") as f:
+                    entries = codec.loads(f.read())
                 for e in entries:
                     state[(e["t"], e["k"])] = e["d"]
                 base = seq
@@ -153,7 +152,7 @@ class Journal:
                 if not line.strip():
                     continue
                 try:
-                    e = json.loads(line)
+                    e = codec.loads(line)
                     key = (e["t"], e["k"])
                 except (ValueError, KeyError, TypeError):
                     problems.append(
@@ -172,7 +171,7 @@ class Journal:
 
     def append(self, entries: Iterable[Entry]) -> int:
         """Commit one batch; returns the sequence number of the segment that holds it."""
-        text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries)
+        text = "".join(codec.dumps(e) + "\n" for e in entries)
         if self.local:
             if self.segment is None or self.segment_batches >= SEGMENT_BATCHES:
                 self._rotate()
@@ -413,7 +412,7 @@ class GroupCommit:
             for start in range(0, len(items), SNAPSHOT_CHUNK):
                 chunk = items[start : start + SNAPSHOT_CHUNK]
                 entries = [{"t": t, "k": k, "d": self.serialise(v)} for t, k, v in chunk]
-                parts.append(json.dumps(entries, separators=(",", ":"))[1:-1])
+                parts.append(codec.dumps(entries)[1:-1])
                 await asyncio.sleep(0)  # calls and batches go on between chunks
             await asyncio.to_thread(self.journal.write_snapshot, parts, seq)
         except Exception:

@@ -1,0 +1,30 @@
+"""Stored JSON: orjson's output is what the standard library would store, and it falls back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raybeam import codec
+from raybeam.record import TaskRecord, TaskSpec, TaskStatus
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_a_record_is_stored_as_its_fields() -> None:
+    rec = TaskRecord(id="a", queue="q", spec=TaskSpec(function="f"), status=TaskStatus.FAILED)
+    rec.result = {"nested": [1, 2.5, None, "é"]}
+    stored = codec.loads(codec.dumps(rec))
+    assert stored == json.loads(json.dumps(rec.to_json()))
+    assert TaskRecord.from_json(stored) == rec
+
+
+def test_what_orjson_refuses_goes_through_the_standard_library() -> None:
+    value = {"big": 2**70, 1: "int key", "t": (1, 2)}
+    assert codec.loads(codec.dumps(value)) == {"big": 2**70, "1": "int key", "t": [1, 2]}
+    assert codec.loads(codec.dumps({1: "a"})) == {"1": "a"}
+    with pytest.raises(ValueError):
+        codec.loads("{not json")
+    with pytest.raises(TypeError):
+        codec.dumps({"x": object()})
