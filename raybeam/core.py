@@ -305,8 +305,9 @@ class RegistryCore:
         for output in rec.outputs:
             self.output_keys[output["id"]] = output["key"]
         if outcome["ok"]:
-            if isinstance(outcome["duration"], float):
-                self.dispatch.observe(rec.queue, outcome["duration"])
+            busy = outcome.get("busy")
+            if isinstance(busy, float) or isinstance(busy := outcome["duration"], float):
+                self.dispatch.observe(rec.queue, busy)
             rec.result, rec.result_blob = outcome["result"], outcome["result_blob"]
             rec.result_key = outcome.get("result_key")
             rec.failure_reason = None

@@ -164,13 +164,19 @@ def retry_tasks(
     return [Task(m["task_id"]) for m in made]
 
 
+#: tasks that one poll of `wait` asks about
+WAIT_WINDOW = 1000
+
+
 def wait(tasks: Sequence[Task], progress: bool = False, timeout: float | None = None) -> list[Task]:
     """Block until every task is final; with `progress`, show a bar (terminal or notebook).
 
     Returns the tasks; TimeoutError when `timeout` seconds pass first.
     """
     ids = [t.id for t in tasks]
-    remaining = set(ids)
+    # asked about a window at a time, in the order given: a poll costs the window, not all
+    # the tasks (a wait on 100k tasks would otherwise send and scan 100k ids every 50 ms)
+    remaining = list(dict.fromkeys(ids))
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = None
     if progress:
@@ -182,8 +188,9 @@ def wait(tasks: Sequence[Task], progress: bool = False, timeout: float | None = 
             wait_for = 1.0
             if deadline is not None:
                 wait_for = min(wait_for, max(0.0, deadline - time.monotonic()))
-            done: list[str] = connection.call("wait_any", sorted(remaining), wait_for)
-            remaining.difference_update(done)
+            window = remaining[:WAIT_WINDOW]
+            done = set(connection.call("wait_any", window, wait_for))
+            remaining = [t for t in window if t not in done] + remaining[WAIT_WINDOW:]
             if bar is not None and done:
                 bar.update(len(done))
             if done and remaining:

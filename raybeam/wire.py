@@ -59,6 +59,8 @@ class Outcome(TypedDict):
     started_at: float | None
     #: seconds the handler ran; None when unknown
     duration: float | None
+    #: `duration` less the time its thread waited for a CPU (what packing is decided on)
+    busy: float | None
     #: the last value the handler passed to context.progress(); None when none
     progress: Any
 
@@ -67,7 +69,8 @@ def succeeded(value: Any, outputs: list[dict[str, Any]]) -> Outcome:
     result, blob = encode_result(value)
     return Outcome(
         ok=True, result=result, result_blob=blob, result_key=None, error=None, retryable=False,
-        outputs=outputs, container_id=None, started_at=None, duration=None, progress=None,
+        outputs=outputs, container_id=None, started_at=None, duration=None, busy=None,
+        progress=None,
     )  # fmt: skip
 
 
@@ -75,7 +78,7 @@ def failed(error: str, retryable: bool, outputs: list[dict[str, Any]] | None = N
     return Outcome(
         ok=False, result=None, result_blob=None, result_key=None, error=error, retryable=retryable,
         outputs=list(outputs or []), container_id=None, started_at=None, duration=None,
-        progress=None,
+        busy=None, progress=None,
     )  # fmt: skip
 
 

@@ -17,7 +17,8 @@ def test_every_read_answers_the_same_for_an_archived_task() -> None:
         out = run_scenario(
             "archive",
             storage=storage,
-            env={"RAYBEAM_ARCHIVE_AFTER_SECONDS": "1", "RB_PORT": str(free_port())},
+            # every process that may start the registry signs links for this port
+            env={"RAYBEAM_ARCHIVE_AFTER_SECONDS": "1", "RAYBEAM_HTTP_PORT": str(free_port())},
             timeout=200,
         )
     assert "archived: every read the same" in out, out

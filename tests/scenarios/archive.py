@@ -60,7 +60,7 @@ def snapshot_of(task: raybeam.Task) -> dict[str, object]:
     }
 
 
-port = int(os.environ["RB_PORT"])
+port = int(os.environ["RAYBEAM_HTTP_PORT"])
 base = deploy("127.0.0.1", port)
 tasks = work.map([{"n": i} for i in range(6)])
 raybeam.wait(tasks, timeout=120)
