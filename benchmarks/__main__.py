@@ -13,8 +13,10 @@ from pathlib import Path
 ORDER = [
     "throughput", "latency", "warm", "http", "streams", "recovery", "scale", "peers", "profile",
 ]  # fmt: skip
+#: longer runs, only when named (`python -m benchmarks fractional` or `--only sustained`)
+EXTRA = ["fractional", "sustained", "archive"]
 #: benchmark name -> module, where they differ
-MODULES = {"http": "http_api"}
+MODULES = {"http": "http_api", "archive": "archive_scale"}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -22,7 +24,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
         prog="python -m benchmarks",
         description="raybeam against raw Ray, bare Ray Serve, Celery and RQ, side by side.",
     )
-    p.add_argument("--only", help=f"comma-separated subset of {','.join(ORDER)}")
+    p.add_argument(
+        "names", nargs="*", help=f"benchmarks to run (as --only), also {', '.join(EXTRA)}"
+    )
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(ORDER + EXTRA)}")
     p.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--tasks", type=int, default=2000, help="tasks for throughput and peers")
@@ -44,6 +49,23 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="records held at each scale step",
     )
     p.add_argument("--scale-samples", type=int, default=300, help="puts timed per scale step")
+    p.add_argument(
+        "--fractional-tasks", type=int, default=10000, help="tasks per case of fractional"
+    )
+    p.add_argument(
+        "--fractional-cpus",
+        type=lambda s: [float(x) for x in s.split(",")],
+        default=[0.1, 0.25, 1.0],
+        help="the cpu= of each fractional case",
+    )
+    p.add_argument("--batch", type=int, default=2000, help="map() batch of fractional, sustained")
+    p.add_argument("--sustained-tasks", type=int, default=100000, help="sustained: map() tasks")
+    p.add_argument("--sustained-puts", type=int, default=50000, help="sustained: .put() tasks")
+    p.add_argument("--sustained-shapes", default="map,put", help="sustained: map, put or map,put")
+    p.add_argument("--burst", type=int, default=2000, help="sustained: the burst it is held to")
+    p.add_argument("--archive-records", type=int, default=1_000_000, help="archive: archived")
+    p.add_argument("--archive-live", type=int, default=10_000, help="archive: live records")
+    p.add_argument("--archive-samples", type=int, default=200, help="archive: reads timed")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--keep-temp", action="store_true", help="keep Ray's logs and the storage")
     args = p.parse_args(argv)
@@ -52,12 +74,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.warm_tasks, args.recovery_tasks = 4, 200
         args.http_requests, args.http_seconds = [50, 200], 10
         args.scale_levels, args.scale_samples = [200, 1000, 2000], 20
-    chosen = args.only.split(",") if args.only else list(ORDER)
+        args.fractional_tasks, args.batch = 2000, 500
+        args.sustained_tasks, args.sustained_puts, args.burst = 5000, 5000, 500
+        args.archive_records, args.archive_live, args.archive_samples = 50_000, 1000, 30
+    named = args.names + (args.only.split(",") if args.only else [])
+    chosen = named or list(ORDER)
     skipped = set(filter(None, args.skip.split(",")))
-    unknown = (set(chosen) | skipped) - set(ORDER)
+    unknown = (set(chosen) | skipped) - set(ORDER + EXTRA)
     if unknown:
-        p.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {','.join(ORDER)}")
-    args.benchmarks = [b for b in ORDER if b in chosen and b not in skipped]
+        p.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {','.join(ORDER + EXTRA)}")
+    args.benchmarks = [b for b in ORDER + EXTRA if b in chosen and b not in skipped]
     return args
 
 

@@ -118,7 +118,7 @@ def run(ctx: Context) -> None:
     def work(x: int) -> int:
         return noop(x)
 
-    spec = TaskSpec(function=work.definition()["spec"]["function"])
+    spec = TaskSpec(**work.definition()[0]["spec"])
     # the baseline: ~1,000 records, all live
     registry_on(ctx, lambda folder: None)
     with quiet():
@@ -131,6 +131,8 @@ def run(ctx: Context) -> None:
     registry_on(ctx, lambda folder: archived.extend(synthesize(folder, archived_count, spec)))
     wrote = time.perf_counter() - started
     first = restart_seconds()
+    work._registered = None  # a registry on other storage: register the queue there too
+    work.register()
     with quiet():
         for start in range(0, live_count, 5000):
             raybeam.wait(work.map(list(range(min(5000, live_count - start)))), timeout=1200)

@@ -263,3 +263,125 @@ def missing_modules(*names: str) -> list[str]:
     import importlib.util
 
     return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+# ---- where the CPU goes -----------------------------------------------------------------
+
+
+#: the kinds of process `role` tells apart, in the order the CPU tables show them
+ROLES = ["client (driver)", "registry actor", "task workers", "raylet", "gcs"]
+ROLES.append("other Ray processes")
+
+
+def role(proc: Any) -> str:
+    """What a process of this run's Ray is, by its title."""
+    title = " ".join(proc.cmdline())
+    if title.startswith("ray::Registry"):
+        return "registry actor"
+    if title.startswith(("ray::IDLE", "ray::run_attempt", "ray::raybeam:", "ray::raw_noop")):
+        return "task workers"
+    if "raylet" in title:
+        return "raylet"
+    if "gcs_server" in title:
+        return "gcs"
+    return "other Ray processes"
+
+
+def our_processes() -> list[Any]:
+    """This process, our raylet and everything under it, and our GCS."""
+    import psutil
+
+    raylet = psutil.Process(raylet_pid())
+    procs = [raylet, *raylet.children(recursive=True), psutil.Process()]
+    node: Any = ray._private.worker._global_node
+    for info in node.all_processes.get("gcs_server", []):
+        procs.append(psutil.Process(info.process.pid))
+    return procs
+
+
+def cpu_by_process() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of this run's processes, by PID, with their role."""
+    import psutil
+
+    out: dict[int, tuple[str, float]] = {}
+    me = psutil.Process().pid
+    for proc in our_processes():
+        with contextlib.suppress(psutil.Error):
+            t = proc.cpu_times()
+            name = "client (driver)" if proc.pid == me else role(proc)
+            out[proc.pid] = (name, float(t.user + t.system))
+    return out
+
+
+def cpu_between(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds by role between two `cpu_by_process` readings. A process that exited in
+    between takes its seconds with it (Ray ends idle workers), so that is a lower bound."""
+    roles = dict.fromkeys(ROLES, 0.0)
+    for pid, (name, seconds) in after.items():
+        roles[name] += seconds - before.get(pid, (name, 0.0))[1]
+    return roles
+
+
+def task_workers() -> set[int]:
+    """PIDs of the task worker processes of this run's Ray."""
+    import psutil
+
+    pids = set()
+    for proc in our_processes():
+        with contextlib.suppress(psutil.Error):
+            if role(proc) == "task workers":
+                pids.add(proc.pid)
+    return pids
+
+
+@dataclasses.dataclass
+class Measured:
+    seconds: float
+    #: CPU seconds by role during the run (see cpu_between)
+    cpu: dict[str, float]
+    #: task worker processes at most, sampled every half second
+    peak_workers: int
+    #: task worker processes started during the run (those seen by the samples)
+    new_workers: int
+    #: what the measured function returned
+    result: Any = None
+
+    def cpu_line(self, n: int) -> str:
+        """CPU per task by role, in ms, and the busy cores over the wall time."""
+        parts = [f"{name} {1000 * s / n:.3f}" for name, s in self.cpu.items()]
+        busy = sum(self.cpu.values()) / self.seconds
+        return f"CPU ms/task: {', '.join(parts)}; {busy:.2f} cores busy; " + (
+            f"{self.peak_workers} task workers at most, {self.new_workers} started"
+        )
+
+
+def measure(fn: Callable[[], Any]) -> Measured:
+    """Time `fn` and split the CPU it cost among this run's processes."""
+    import threading
+
+    first = task_workers()
+    seen, peak = set(first), [len(first)]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.5):
+            with contextlib.suppress(Exception):
+                now = task_workers()
+                seen.update(now)
+                peak[0] = max(peak[0], len(now))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    before = cpu_by_process()
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        result = fn()
+    finally:
+        seconds = time.perf_counter() - start
+        done.set()
+        sampler.join()
+    seen.update(task_workers())
+    cpu = cpu_between(before, cpu_by_process())
+    return Measured(seconds, cpu, peak[0], len(seen - first), result)

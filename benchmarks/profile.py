@@ -27,9 +27,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import ray
-
-from benchmarks.common import Context, fresh_registry, raylet_pid, registry_pid, say
+from benchmarks.common import (
+    ROLES,
+    Context,
+    cpu_between,
+    cpu_by_process,
+    fresh_registry,
+    registry_pid,
+    say,
+    task_workers,
+)
 from benchmarks.throughput import check_complete, make_queue, run_map, run_puts, run_raw
 
 TOP = 25
@@ -107,46 +114,6 @@ def client_profile(fn: Callable[[], Any]) -> str:
     return re.sub(r"/[^ ]*/(site-packages|lib/python3\.\d+)/", "", buf.getvalue())
 
 
-def role(proc: Any) -> str:
-    """What a process of this run's Ray is, by its title."""
-    title = " ".join(proc.cmdline())
-    if title.startswith("ray::Registry"):
-        return "registry actor"
-    if title.startswith(("ray::IDLE", "ray::run_attempt", "ray::raybeam:", "ray::raw_noop")):
-        return "task workers"
-    if "raylet" in title:
-        return "raylet"
-    if "gcs_server" in title:
-        return "gcs"
-    return "other Ray processes"
-
-
-def our_processes() -> list[Any]:
-    import psutil
-
-    raylet = psutil.Process(raylet_pid())
-    procs = [raylet, *raylet.children(recursive=True), psutil.Process()]
-    node = ray._private.worker._global_node
-    for info in node.all_processes.get("gcs_server", []):
-        procs.append(psutil.Process(info.process.pid))
-    return procs
-
-
-def cpu_by_role() -> dict[str, float]:
-    import psutil
-
-    out: dict[str, float] = {}
-    me = psutil.Process().pid
-    for proc in our_processes():
-        try:
-            times = proc.cpu_times()
-            name = "client (driver)" if proc.pid == me else role(proc)
-        except psutil.Error:
-            continue
-        out[name] = out.get(name, 0.0) + times.user + times.system
-    return out
-
-
 def cpu_accounting(queue: Any, n: int, puts: int) -> tuple[str, dict[str, dict[str, float]]]:
     """CPU seconds each kind of process spends per task, for raw Ray and for raybeam."""
     table: dict[str, dict[str, float]] = {}
@@ -156,17 +123,15 @@ def cpu_accounting(queue: Any, n: int, puts: int) -> tuple[str, dict[str, dict[s
         (f"raybeam map({n})", n, lambda: run_map(queue, n)),
         (f"raybeam {puts} x put()", puts, lambda: run_puts(queue, puts)),
     ):
-        before = cpu_by_role()
+        before = cpu_by_process()
         start = time.perf_counter()
         work()
         wall = time.perf_counter() - start
-        after = cpu_by_role()
-        row = {k: after[k] - before.get(k, 0.0) for k in after}
+        row = cpu_between(before, cpu_by_process())
         row["wall"] = wall
         table[label] = row
         per_task[label] = count
-    roles = ["client (driver)", "registry actor", "task workers", "raylet", "gcs"]
-    roles.append("other Ray processes")
+    roles = ROLES
     lines = [
         "CPU time per task (ms), by process, measured with psutil (no profiler attached):",
         "",
@@ -182,7 +147,7 @@ def cpu_accounting(queue: Any, n: int, puts: int) -> tuple[str, dict[str, dict[s
 
 
 def task_worker_pids() -> list[int]:
-    return [p.pid for p in our_processes() if role(p) == "task workers"]
+    return sorted(task_workers())
 
 
 def run(ctx: Context) -> None:

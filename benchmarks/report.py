@@ -106,6 +106,27 @@ def details(ctx: Context) -> list[str]:
                     f"{percentile(lat, 50):.1f} | {percentile(lat, 99):.1f} | "
                     f"{bad} / {res['errors']} |"
                 )
+    runs = ctx.data.get("cpu_runs")
+    if runs:
+        roles = list(runs[0][2].cpu)
+        out += [
+            "",
+            "## CPU per task",
+            "",
+            "CPU ms per task by process (psutil, no profiler attached; workers that exited "
+            "during a run are left out), the cores busy over the wall time, and Ray's task "
+            "workers (at most at once / started during the run).",
+            "",
+            "| run | tasks | tasks/s | " + " | ".join(roles) + " | cores busy | workers |",
+            "| --- | ---: | ---: | " + " | ".join("---:" for _ in roles) + " | ---: | ---: |",
+        ]
+        for label, n, m in runs:
+            cells = " | ".join(f"{1000 * m.cpu[r] / n:.3f}" for r in roles)
+            busy = sum(m.cpu.values()) / m.seconds
+            out.append(
+                f"| {label} | {n:,} | {n / m.seconds:,.0f} | {cells} | {busy:.2f} | "
+                f"{m.peak_workers} / {m.new_workers} |"
+            )
     return out
 
 

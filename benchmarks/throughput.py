@@ -21,32 +21,40 @@ def raw_noop(x: int) -> int:
     return x
 
 
-def make_queue(name: str, n: int) -> Any:
-    # the same resources as the raw task: one CPU; room for every task at once
-    return task_queue(noop, name=name, cpu=1, max_pending_tasks=max(100, 4 * n))
+def make_queue(name: str, n: int, cpu: float = 1) -> Any:
+    # the same resources as the raw task (`cpu` CPUs); room for every task at once
+    return task_queue(noop, name=name, cpu=cpu, max_pending_tasks=max(100, 4 * n))
 
 
-def run_raw(n: int) -> None:
-    ray.get([raw_noop.remote(i) for i in range(n)])
+def run_raw(n: int, cpu: float = 1) -> None:
+    fn = raw_noop if cpu == 1 else raw_noop.options(num_cpus=cpu)
+    ray.get([fn.remote(i) for i in range(n)])
 
 
-def run_map(queue: Any, n: int) -> list[Any]:
+def run_map(queue: Any, n: int, batch: int | None = None) -> list[Any]:
+    """`n` tasks through `map()`, in calls of `batch` at most (all in one by default)."""
+    step = batch or n
+    tasks: list[Any] = []
     with quiet():
-        tasks = queue.map(list(range(n)))
-    raybeam.wait(tasks)
-    return list(tasks)
+        for start in range(0, n, step):
+            tasks += queue.map(list(range(start, min(n, start + step))))
+    raybeam.wait(tasks, timeout=3600)
+    return tasks
 
 
 def run_puts(queue: Any, n: int) -> list[Any]:
     with quiet():
         tasks = [queue.put(i) for i in range(n)]
-    raybeam.wait(tasks)
+    raybeam.wait(tasks, timeout=3600)
     return tasks
 
 
 def check_complete(tasks: list[Any]) -> None:
-    statuses = connection.call("statuses", [t.id for t in tasks])
-    bad = [s for s in statuses.values() if s != "COMPLETE"]
+    ids = [t.id for t in tasks]
+    bad: list[Any] = []
+    for start in range(0, len(ids), 10_000):  # a bounded answer per call
+        statuses = connection.call("statuses", ids[start : start + 10_000])
+        bad += [s for s in statuses.values() if s != "COMPLETE"]
     if bad:
         raise RuntimeError(f"{len(bad)} of {len(tasks)} tasks did not end COMPLETE: {bad[:5]}")
 
