@@ -14,7 +14,7 @@ ORDER = [
     "throughput", "latency", "warm", "http", "streams", "recovery", "scale", "peers", "profile",
 ]  # fmt: skip
 #: longer runs, only when named (`python -m benchmarks fractional` or `--only sustained`)
-EXTRA = ["fractional", "sustained", "archive"]
+EXTRA = ["fractional", "sustained", "archive", "s3"]
 #: benchmark name -> module, where they differ
 MODULES = {"http": "http_api", "archive": "archive_scale"}
 
@@ -66,6 +66,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--archive-records", type=int, default=1_000_000, help="archive: archived")
     p.add_argument("--archive-live", type=int, default=10_000, help="archive: live records")
     p.add_argument("--archive-samples", type=int, default=200, help="archive: reads timed")
+    p.add_argument("--s3-samples", type=int, default=200, help="s3: stored puts timed")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     p.add_argument("--keep-temp", action="store_true", help="keep Ray's logs and the storage")
     args = p.parse_args(argv)
@@ -77,6 +78,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         args.fractional_tasks, args.batch = 2000, 500
         args.sustained_tasks, args.sustained_puts, args.burst = 5000, 5000, 500
         args.archive_records, args.archive_live, args.archive_samples = 50_000, 1000, 30
+        args.s3_samples = 30
     named = args.names + (args.only.split(",") if args.only else [])
     chosen = named or list(ORDER)
     skipped = set(filter(None, args.skip.split(",")))

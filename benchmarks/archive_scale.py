@@ -33,7 +33,7 @@ from benchmarks.common import (
     rss_mib,
     say,
 )
-from benchmarks.scale import probe
+from benchmarks.scale import SETTLE, probe
 from benchmarks.throughput import noop
 from raybeam import connection, task_queue
 from raybeam.archive import FILE_ROWS, Archive
@@ -76,6 +76,7 @@ def restart_seconds() -> float:
 
 
 def measure(queue: Any, archived: list[str], samples: int) -> dict[str, float]:
+    time.sleep(SETTLE)  # with the records held, not while the fill still settles
     figures: dict[str, float] = {"rss_mib": rss_mib(registry_pid())}
     figures["put_p50_ms"] = median(probe(queue, samples)["put_ms"])
     picks = random.Random(1).sample(archived, min(samples, len(archived)))

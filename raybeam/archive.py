@@ -8,8 +8,8 @@ archived task can be requeued) and, apart, what the reads need without opening t
 Each file `<seq>.parquet` has its index columns alone beside it in `<seq>.index.parquet` (one
 row group), which is what a restart reads: 0.1 s for 200,000 archived tasks here.
 
-Memory holds, per archived task, 31 bytes in numpy arrays and no Python object (42 bytes
-measured with the rest): its id as two 64-bit halves, its creation time, queue and status
+Memory holds, per archived task, 39 bytes in numpy arrays and no Python object (about 50
+bytes measured with the rest): its id as two 64-bit halves, its creation time, queue and status
 codes, and the position of its id in the file's sorted ids. So:
 - a lookup by id is a binary search per file and reads one row group of one file;
 - a listing page walks each file's arrays from the cursor, skipping what the filters reject,
@@ -122,11 +122,12 @@ class ArchiveFile:
     queue: np.ndarray  # uint16 codes into Archive.queue_names
     status: np.ndarray  # uint8 codes into STATUSES, DEAD when the row is not current
     by_hi: np.ndarray  # uint32 rows sorted by hi, for lookups
+    sorted_hi: np.ndarray  # uint64: hi[by_hi]
     outputs: dict[str, str] = field(default_factory=dict)
 
     def find(self, hi: int, lo: int) -> int | None:
         """The row of this id, or None."""
-        sorted_hi = self.hi[self.by_hi]
+        sorted_hi = self.sorted_hi
         at = int(np.searchsorted(sorted_hi, np.uint64(hi)))
         while at < len(sorted_hi) and int(sorted_hi[at]) == hi:
             row = int(self.by_hi[at])
@@ -252,6 +253,7 @@ class Archive:
         # copies, so Arrow's buffers (and the strings read with them) are freed
         hi = np.array(table.column("hi"), dtype=np.uint64)
         ended = np.array(table.column("ended_at"), dtype=np.float64)
+        by_hi = np.argsort(hi, kind="stable").astype(np.uint32)
         file = ArchiveFile(
             seq=seq,
             path=path,
@@ -261,7 +263,8 @@ class Archive:
             lo=np.array(table.column("lo"), dtype=np.uint64),
             queue=queue,
             status=status,
-            by_hi=np.argsort(hi, kind="stable").astype(np.uint32),
+            by_hi=by_hi,
+            sorted_hi=hi[by_hi],
             outputs=outputs,
         )
         self._count(queue, status, +1)
@@ -416,6 +419,21 @@ class Archive:
         return found[:limit]
 
     # ---- changes ------------------------------------------------------------------------
+
+    def bury_many(self, task_ids: Iterable[str]) -> None:
+        """`bury` for many tasks at once (a restart's records found in memory too): one
+        vectorised search per file, not one per task."""
+        halves = [h for t in task_ids if (h := id_halves(t)) is not None]
+        if not halves or not self.files:
+            return
+        his = np.array([h for h, _ in halves], dtype=np.uint64)
+        los = np.array([lo for _, lo in halves], dtype=np.uint64)
+        for file in self.files:
+            at = np.minimum(np.searchsorted(file.sorted_hi, his), len(file.sorted_hi) - 1)
+            for n in np.nonzero(file.sorted_hi[at] == his)[0]:
+                row = file.find(int(his[n]), int(los[n]))
+                if row is not None:
+                    self._bury(file, row)
 
     def bury(self, task_id: str) -> None:
         """The archived row of `task_id` is no longer its record (the task is live again)."""

@@ -67,9 +67,9 @@ class RegistryCore:
         self.load_problems = state.problems
         self.archive = Archive(journal.fs, journal.root)
         self.load_problems += self.archive.load()
-        for rec in self.tasks.values():
-            if rec.status.is_final:  # stored again since it was archived: this copy counts
-                self.archive.bury(rec.id)
+        # a final task stored again since it was archived (requeued, or a crash came between
+        # its archive file and the journal's deletion): the copy in memory counts
+        self.archive.bury_many(r.id for r in self.tasks.values() if r.status.is_final)
         self.idempotency = IdempotencyKeys(state.idempotency)
         #: output id -> its storage key, so a download finds its file without a listing
         self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}

@@ -311,3 +311,34 @@ def test_large_return_values_are_read_back_from_beside_the_outputs(tmp_path: Pat
         assert not (tmp_path / "storage" / key).exists()
 
     run(tmp_path, scenario)
+
+
+def test_a_crash_between_the_archive_file_and_the_journal_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    ids = [uid(n) for n in range(5)]
+
+    async def first(core: RegistryCore) -> None:
+        await fill(core, "q", ids)
+        # the file is written, then the registry dies before the journal drops the records
+        core.archive.adopt(core.archive.write(list(core.tasks.values()), {}))
+
+    run(tmp_path, first)
+
+    async def second(core: RegistryCore) -> None:
+        reads = Reads(core)
+        assert sorted(core.tasks) == sorted(ids) and len(core.archive) == 0
+        assert await everything(reads, None, None, 2) == [
+            r["id"] for r in (await reads.list(None, None, 10, None))[0]
+        ]
+        assert len(await everything(reads, None, None, 2)) == 5
+        assert reads.queue_stats()["q"]["by_status"] == {"COMPLETE": 3, "FAILED": 2}
+        assert await archive_all(core) == 5 and len(core.archive) == 5
+
+    run(tmp_path, second)
+
+    async def third(core: RegistryCore) -> None:
+        assert len(core.archive) == 5 and not core.tasks  # the older file's rows are dead
+        assert len(await everything(Reads(core), None, None, 2)) == 5
+
+    run(tmp_path, third)
