@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
@@ -41,3 +42,19 @@ def test_no_registry_loses_the_report_quietly(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(runner.ray, "get_actor", missing)
     runner._report_starts([(("a", "r1"), "w")])  # the outcome carries the start instead
+
+
+def test_an_attempt_gets_an_empty_folder_and_a_used_one_is_removed(tmp_path: Any) -> None:
+    from raybeam.runner import _ScratchFolders
+
+    folders = _ScratchFolders()
+    first = folders.take()
+    folders.give_back(first)  # left empty: kept for the next attempt
+    assert folders.take() == first
+    with open(os.path.join(first, "left.txt"), "w") as f:
+        f.write("x")
+    folders.give_back(first)  # something left in it: removed
+    assert not os.path.exists(first)
+    second = folders.take()
+    assert second != first and os.listdir(second) == []
+    folders.give_back(second)
