@@ -2,7 +2,7 @@
 
 A head node (the registry and the HTTP API; no CPUs for tasks, as in cluster/) and two
 worker nodes, each its own `ray start` on loopback: one with a logical GPU typed A10G and
-one CPU, one with two CPUs. Storage is S3: moto's server on loopback, unless
+one CPU, one with four CPUs. Storage is S3: moto's server on loopback, unless
 RAYBEAM_STORAGE already names an s3:// URL and AWS_ENDPOINT_URL_S3 its endpoint.
 
 It runs what a team does on a real cluster, and checks each step:
@@ -190,7 +190,9 @@ def run(cluster: LocalCluster) -> None:
         say(f"node {name} joined in {time.monotonic() - t0:.1f} s: {cluster.nodes[name].resources}")
 
     join("gpu", num_cpus=1, num_gpus=1, resources={"accelerator_type:A10G": 1})
-    join("cpu", num_cpus=2)
+    # 4 CPUs: with one task running it stays under Ray's spread threshold (half its CPUs),
+    # so it has room beyond doubt and Ray's scheduler keeps CPU tasks off the GPU node
+    join("cpu", num_cpus=4)
     name_of = {v: k for k, v in node_ids.items()}
 
     def here() -> str:

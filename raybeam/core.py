@@ -73,6 +73,8 @@ class RegistryCore:
         self.idempotency = IdempotencyKeys(state.idempotency)
         #: output id -> its storage key, so a download finds its file without a listing
         self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}
+        #: the newest creation time given: each new record gets a later one (see `created`)
+        self.last_created = max((r.created_at for r in self.tasks.values()), default=0.0)
         self.counts: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         #: tasks held by queue and status: queue_stats and /metrics read these, not the tasks
@@ -382,6 +384,13 @@ class RegistryCore:
                 getattr(hook, name)(rec)
             except Exception:
                 log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
+
+    def created(self, now: float) -> float:
+        """A creation time for a new record: `now`, or a microsecond after the last one
+        given, so records sort newest first in the order they were admitted (a `map()` of
+        5,000 calls admits them all at one `now`)."""
+        self.last_created = max(now, self.last_created + 1e-6)
+        return self.last_created
 
     def add(self, rec: TaskRecord, payload: str) -> None:
         """A new record and its arguments, staged; started by `stored`."""

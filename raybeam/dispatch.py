@@ -90,7 +90,7 @@ class Dispatcher:
         self.refs: dict[str, Any] = {}
         #: ids whose current submission is a member of a pack
         self.packed: set[str] = set()
-        #: ids whose next submission goes alone: their pack died under them
+        #: ids whose submissions go alone until they end: a pack died under them
         self.alone: set[str] = set()
         #: warm pools by queue and definition; a queue registered anew gets a new pool
         self.pools: dict[tuple[str, str], ContainerPool] = {}
@@ -226,9 +226,10 @@ class Dispatcher:
             size = pack_size(self.durations.get(queue), backlog, cluster.get("CPU", 1.0), options)
             while room > 0 and lane:
                 chunk = [it for it in lane.pop(size) if it[0].is_live(it[2].run)]
+                # a task whose pack died under it runs alone until it ends: its retries
+                # must not take new mates down with them
                 for item in [it for it in chunk if it[0].id in self.alone]:
                     chunk.remove(item)
-                    self.alone.discard(item[0].id)
                     self._send(key, [item])
                     room -= 1
                 if chunk:

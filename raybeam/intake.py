@@ -55,7 +55,10 @@ class Intake:
         records = []
         for item in new:
             spec = self.core.specs.get(queue, definition, item.get("overrides") or {})
-            rec = TaskRecord(id=item["id"], queue=queue, spec=spec, created_at=now, updated_at=now)
+            created = self.core.created(now)
+            rec = TaskRecord(
+                id=item["id"], queue=queue, spec=spec, created_at=created, updated_at=created
+            )
             options = item.get("options") or {}
             rec.priority = options.get("priority", definition.get("priority", 0))
             if "delay" in options or "run_at" in options:
@@ -181,9 +184,10 @@ class Intake:
             payload = core.payloads.get(old.id)
             if payload is None:
                 raise TaskNotFound(f"the arguments of task {old.id} are no longer stored")
+            created = core.created(now)
             new = TaskRecord(
-                id=str(uuid.uuid4()), queue=old.queue, spec=old.spec, created_at=now,
-                updated_at=now, priority=old.priority, retry_of=old.id,
+                id=str(uuid.uuid4()), queue=old.queue, spec=old.spec, created_at=created,
+                updated_at=created, priority=old.priority, retry_of=old.id,
             )  # fmt: skip
             old.retried_as = new.id
             core.stage(old)

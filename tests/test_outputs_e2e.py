@@ -200,7 +200,8 @@ def test_files_written_outside_the_scratch_folder_are_saved(
             assert zf.namelist() == ["f1.txt"]
             assert zf.read("f1.txt") == b"frame 1"
         assert Path(folder, "out.bin").read_bytes() == blob  # saved by reading: left in place
-        assert not Path(ran["cwd"]).exists()
+        # the scratch folder is gone, or kept empty for the worker's next attempt
+        assert not Path(ran["cwd"]).exists() or not any(Path(ran["cwd"]).iterdir())
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

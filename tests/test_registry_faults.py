@@ -113,12 +113,16 @@ def test_a_worker_that_kills_its_pack_stops_at_its_retries(
         info = task.info()
         if i % 10 == 7:
             assert info["status"] == "FAILED" and info["attempts"] == 2, info
-            assert (runs / str(i)).read_text() == ".."
+            # its two counted attempts ran alone; before them, maybe one uncounted run in a
+            # pack it took down (the registry cannot tell which member did)
+            assert (runs / str(i)).read_text() in ("..", "..."), i
             continue
         assert info["status"] == "COMPLETE", info
         assert tuple(task.result()) == (i, 1)  # mates before and after it are not penalised
         assert info["attempts"] == 1
-        assert (runs / str(i)).read_text() == ".", f"task {i} ran again"
+        # a mate that ended after its pack's last report runs again, alone (at least once:
+        # its first run was never reported), never more
+        assert (runs / str(i)).read_text() in (".", ".."), f"task {i} ran 3 times or more"
 
 
 class _Receiver(BaseHTTPRequestHandler):
