@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from typing import Any
 
 from raybeam.host import Dispatch
@@ -58,6 +59,18 @@ class State:
 
 
 def load_state(journal: Journal) -> State:
+    # tens of thousands of long-lived objects are made here: the cyclic collector would
+    # walk them again and again while they are made, and find nothing to collect
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _load_state(journal)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _load_state(journal: Journal) -> State:
     entries, problems = journal.load()
     state = State({}, {}, {}, {}, problems)
     records = []
