@@ -135,8 +135,7 @@ def run(ctx: Context) -> None:
     # would otherwise wait for the writeback of the hundred megabytes just written
     os.sync()
     first = restart_seconds()
-    work._registered = None  # a registry on other storage: register the queue there too
-    work.register()
+    connection.call("register_queue", *work.definition())  # on this storage too
     with quiet():
         for start in range(0, live_count, 5000):
             raybeam.wait(work.map(list(range(min(5000, live_count - start)))), timeout=1200)

@@ -193,7 +193,9 @@ def run(cluster: LocalCluster) -> None:
     # 4 CPUs: with one task running it stays under Ray's spread threshold (half its CPUs),
     # so it has room beyond doubt and Ray's scheduler keeps CPU tasks off the GPU node
     join("cpu", num_cpus=4)
-    name_of = {v: k for k, v in node_ids.items()}
+
+    def name_of(node: str) -> str:
+        return next(name for name, known in node_ids.items() if known == node)
 
     def here() -> str:
         return str(ray.get_runtime_context().get_node_id())
@@ -220,9 +222,9 @@ def run(cluster: LocalCluster) -> None:
 
     # 1. CPU tasks land on the CPU node while it has room
     t0 = time.monotonic()
-    landed = [name_of[where.put().result(timeout=120)] for _ in range(3)]
+    landed = [name_of(where.put().result(timeout=120)) for _ in range(3)]
     pair = [where.put(seconds=0.5), where.put(seconds=0.5)]
-    landed += [name_of[t.result(timeout=60)] for t in pair]
+    landed += [name_of(t.result(timeout=60)) for t in pair]
     assert landed == ["cpu"] * 5, landed
     say(
         f"1. {len(landed)} CPU tasks from Python, all on the cpu node ({time.monotonic() - t0:.1f} s)"
@@ -230,7 +232,7 @@ def run(cluster: LocalCluster) -> None:
 
     # 2. a GPU-typed task lands on the GPU node
     got = gpu_where.put().result(timeout=120)
-    assert name_of[got["node"]] == "gpu" and got["gpus"], got
+    assert name_of(got["node"]) == "gpu" and got["gpus"], got
     say(f"2. the A10G task ran on the gpu node with GPU ids {got['gpus']}")
 
     # 3. HTTP with a token, polling, a webhook, an output from a worker through S3
@@ -256,7 +258,7 @@ def run(cluster: LocalCluster) -> None:
         assert record["status"] in {"PENDING", "RUNNING"}, record
         polls += 1
         time.sleep(0.2)
-    assert name_of[record["result"]["node"]] in {"cpu", "gpu"}, record
+    assert name_of(record["result"]["node"]) in {"cpu", "gpu"}, record
     wait_until(lambda: Hooks.received, 30, "no webhook arrived")
     (posted,) = Hooks.received
     assert posted["task_id"] == task_id and posted["status"] == "COMPLETE", posted
@@ -269,7 +271,7 @@ def run(cluster: LocalCluster) -> None:
     (python_output,) = python_task.outputs()
     assert download(python_output.url) == content(8)
     say(
-        f"3. HTTP task {task_id} COMPLETE after {polls} polls on the {name_of[record['result']['node']]} "
+        f"3. HTTP task {task_id} COMPLETE after {polls} polls on the {name_of(record['result']['node'])} "
         f"node, webhook received, 2 outputs downloaded from S3 through presigned links "
         f"({time.monotonic() - t0:.1f} s)"
     )
@@ -285,7 +287,7 @@ def run(cluster: LocalCluster) -> None:
     join("cpu2", num_cpus=2)
     got = job.result(timeout=120)
     took = time.monotonic() - killed_at
-    assert got["attempt"] == 2 and name_of_new(node_ids, got["node"]) == "cpu2", got
+    assert got["attempt"] == 2 and name_of(got["node"]) == "cpu2", got
     say(
         f"4. cpu node killed: the registry noticed in {noticed:.1f} s, the task ran again on "
         f"the new node and completed {took:.1f} s after the kill"
@@ -310,10 +312,6 @@ def run(cluster: LocalCluster) -> None:
     say(f"{total} tasks on {len(node_ids)} worker nodes, storage {raybeam.settings().storage_url}")
     receiver.shutdown()
     serve.shutdown()
-
-
-def name_of_new(node_ids: dict[str, str], node: str) -> str:
-    return {v: k for k, v in node_ids.items()}[node]
 
 
 if __name__ == "__main__":

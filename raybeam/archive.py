@@ -29,7 +29,6 @@ import logging
 import os
 import posixpath
 import re
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raybeam import codec
-from raybeam.keys import fsync_folder
+from raybeam.journal import replace_durably
 from raybeam.record import TaskRecord, TaskStatus
 
 log = logging.getLogger("raybeam.archive")
@@ -167,7 +166,6 @@ class Written:
     seq: int
     path: str
     index: pa.Table
-    ids: list[str]
 
 
 class Archive:
@@ -288,7 +286,9 @@ class Archive:
                 "ended_at": [r.ended_at or r.updated_at for r in rows],
                 "queue": [r.queue for r in rows],
                 "status": [r.status.value for r in rows],
-                "outputs": [json.dumps(stored_files(r)) if stored_files(r) else None for r in rows],
+                "outputs": [
+                    json.dumps(files) if (files := stored_files(r)) else None for r in rows
+                ],
                 "payload": [payloads.get(r.id) for r in rows],
                 "record": [codec.dumps(r) for r in rows],
             },
@@ -305,7 +305,7 @@ class Archive:
         buffer = io.BytesIO()
         pq.write_table(index, buffer, compression="zstd")
         self._store(posixpath.join(self.root, f"{seq:016d}{INDEX_SUFFIX}"), buffer.getvalue())
-        return Written(seq, path, index, [r.id for r in rows])
+        return Written(seq, path, index)
 
     def adopt(self, written: Written) -> ArchiveFile:
         """Index a file that `write` stored. (An older archived copy of one of its tasks is
@@ -321,13 +321,7 @@ class Archive:
             return
         path = self.fs._strip_protocol(path)
         os.makedirs(posixpath.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_folder(posixpath.dirname(path))
+        replace_durably(path, data)
 
     # ---- reads --------------------------------------------------------------------------
 

@@ -253,16 +253,10 @@ class RegistryCore:
         written = await asyncio.to_thread(self.archive.write, batch, payloads)
         self.archive.adopt(written)
         for rec in batch:
-            if self.tasks.get(rec.id) is not rec or _mark(rec) != marks[rec.id]:
+            if self.tasks.get(rec.id) is rec and _mark(rec) == marks[rec.id]:
+                self.forget(rec)
+            else:
                 self.archive.bury(rec.id)
-                continue
-            del self.tasks[rec.id]
-            self.commits.stage("task", rec.id, None)
-            self.by_status[rec.queue][rec.status.value] -= 1
-            for output in rec.outputs:
-                self.output_keys.pop(output["id"], None)
-            if self.payloads.pop(rec.id, None) is not None:
-                self.commits.stage("payload", rec.id, None)
         await self.commits.commit()
         return len(batch)
 

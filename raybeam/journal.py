@@ -75,20 +75,14 @@ class Journal:
         """Write under a temporary name, then rename. Locally the file is fsync'ed before the
         rename and its folder after it, so the new name survives a power loss with its whole
         content (whatever RAYBEAM_FSYNC says: these files are few and replace others)."""
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         raw = data.encode() if isinstance(data, str) else data
         if not self.local:
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
             with self.fs.open(tmp, "wb") as f:
                 f.write(raw)
             self.fs.mv(tmp, path)
             return
-        tmp, path = self.fs._strip_protocol(tmp), self.fs._strip_protocol(path)
-        with open(tmp, "wb") as f:
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_folder(posixpath.dirname(path))
+        replace_durably(self.fs._strip_protocol(path), raw)
 
     def _create(self, path: str, text: str) -> None:
         """Create an object that must not exist yet, `SegmentExists` when it does. On S3 this
@@ -268,6 +262,18 @@ class Journal:
                 "again (import its app and call .put(), or run `raybeam serve`) to store it afresh",
             )
         return data
+
+
+def replace_durably(path: str, data: bytes) -> None:
+    """Put `data` at the local `path` whole or not at all, and durably: written under a
+    temporary name and fsync'ed, renamed into place, then the folder fsync'ed."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_folder(posixpath.dirname(path))
 
 
 def blob_digest(data: bytes) -> str:

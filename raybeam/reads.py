@@ -70,17 +70,10 @@ class Reads:
         info = self.info(rec)
         info["result_blob"] = rec.result_blob
         if rec.result_key is not None:
-            data = await asyncio.to_thread(self._read, rec.result_key)
-            if data is not None:
+            data = await asyncio.to_thread(self.core.storage.read_bytes, rec.result_key)
+            if data is not None:  # None: removed by retention meanwhile
                 info["result"], info["result_blob"] = read_large_result(rec.result_key, data)
         return info
-
-    def _read(self, key: str) -> bytes | None:
-        try:
-            with self.core.storage.open(key) as f:
-                return bytes(f.read())
-        except FileNotFoundError:  # removed by retention meanwhile
-            return None
 
     async def get(self, task_id: str) -> dict[str, Any] | None:
         rec = await self._stored(task_id)

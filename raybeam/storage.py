@@ -122,6 +122,13 @@ class Storage:
         self._make_parent(path)
         self.fs.pipe_file(path, data)
 
+    def read_bytes(self, key: str) -> bytes | None:
+        """The content stored at `key`; None when there is none."""
+        try:
+            return bytes(self.fs.cat_file(self.path(key)))
+        except FileNotFoundError:
+            return None
+
     def open(self, key: str, mode: str = "rb") -> IO[Any]:
         path = self.path(key)
         if any(m in mode for m in "wax"):

@@ -30,7 +30,7 @@ import raybeam
 from raybeam import InvalidOutputPath, Output, OutsideTask, TaskFailed, task_queue
 from raybeam.storage import Storage
 from tests.support import scenarios
-from tests.support.moto_server import AWS_ENV, create_bucket, moto_s3
+from tests.support.moto_server import AWS_ENV, create_bucket, moto_s3, s3_client
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(90)]
 
@@ -283,7 +283,6 @@ def run_s3_scenario(endpoint: str, storage: str) -> str:
 
 
 def test_s3_outputs_and_journal(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import boto3
 
     bucket = "rb-" + uuid.uuid4().hex[:12]
     create_bucket(s3_endpoint, bucket)
@@ -293,13 +292,7 @@ def test_s3_outputs_and_journal(s3_endpoint: str, monkeypatch: pytest.MonkeyPatc
     assert found, out
     task_id = found[1]
 
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name=AWS_ENV["AWS_REGION"],
-        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3_client(s3_endpoint)
     try:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
         keys = [o["Key"] for page in pages for o in page.get("Contents", [])]

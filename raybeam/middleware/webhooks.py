@@ -110,8 +110,8 @@ class Webhooks(Middleware):
         outputs = self.host.public_outputs(rec)
         result = rec.result
         if rec.result_key is not None:  # a large return value, stored beside the outputs
-            with self.host.storage.open(rec.result_key) as f:
-                result = read_large_result(rec.result_key, f.read())[0]
+            data = self.host.storage.read_bytes(rec.result_key)
+            result = None if data is None else read_large_result(rec.result_key, data)[0]
         payload = webhooks.build_payload(
             rec.id, rec.status.value, result, outputs, rec.failure_reason, rec.progress
         )

@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 
@@ -83,17 +84,22 @@ def moto_s3(*, in_process: bool = False, set_env: bool = True) -> Iterator[str]:
                 os.environ[name] = value
 
 
-def create_bucket(endpoint: str, bucket: str) -> None:
-    """Create `bucket` on the server at `endpoint` (no error if it exists already)."""
+def s3_client(endpoint: str) -> Any:
+    """A boto3 S3 client for the server at `endpoint`, with the dummy credentials."""
     import boto3
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=endpoint,
         region_name=REGION,
         aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
     )
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    """Create `bucket` on the server at `endpoint` (no error if it exists already)."""
+    client = s3_client(endpoint)
     try:
         client.create_bucket(Bucket=bucket)
     except client.exceptions.BucketAlreadyOwnedByYou:

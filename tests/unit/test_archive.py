@@ -6,7 +6,6 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from raybeam.middleware.retention import Retention
 from raybeam.reads import Reads
 from raybeam.record import TaskStatus
 from raybeam.wire import failed, succeeded
-from tests.unit.test_core import definition, dispatched, make_core
+from tests.unit.test_core import definition, dispatched, run
 
 pytestmark = pytest.mark.timeout(60)
 S = TaskStatus
@@ -27,22 +26,6 @@ S = TaskStatus
 
 def uid(n: int) -> str:
     return str(uuid.UUID(int=(n * 0x9E3779B97F4A7C15) % 2**128))
-
-
-def run(root: Path, scenario: Callable[[RegistryCore], Awaitable[None]]) -> None:
-    """Like test_core.run, but the scenario may boot several cores on one storage."""
-
-    async def main() -> None:
-        core = make_core(root)
-        await core.boot()
-        try:
-            await scenario(core)
-        finally:
-            for task in list(core.background):
-                task.cancel()
-            await asyncio.gather(*core.background, return_exceptions=True)
-
-    asyncio.run(main())
 
 
 async def fill(core: RegistryCore, queue: str, ids: list[str], value: Any = None) -> None:
@@ -72,7 +55,7 @@ async def archive_all(core: RegistryCore) -> int:
     return moved
 
 
-async def everything(reads: Reads, queue: str | None, status: str | None, limit: int) -> list[str]:
+async def list_all(reads: Reads, queue: str | None, status: str | None, limit: int) -> list[str]:
     seen: list[str] = []
     cursor = None
     while True:
@@ -154,11 +137,11 @@ def test_listing_crosses_live_and_archived_pages_without_gaps_or_duplicates(tmp_
         expected = [r["id"] for r in (await reads.list(None, None, 1000, None))[0]]
         assert sorted(expected) == sorted(ids)
         for limit in (1, 7, 25, 60):
-            assert await everything(reads, None, None, limit) == expected
+            assert await list_all(reads, None, None, limit) == expected
         failed_q = [t for t in expected if (await reads.get(t))["status"] == "FAILED"]
         failed_q = [t for t in failed_q if (await reads.get(t))["queue"] == "q"]
-        assert await everything(reads, "q", "FAILED", 4) == failed_q
-        assert await everything(reads, "nowhere", None, 4) == []
+        assert await list_all(reads, "q", "FAILED", 4) == failed_q
+        assert await list_all(reads, "nowhere", None, 4) == []
         # newest first: creation times never go up along the listing
         created = [(await reads.get(t))["created_at"] for t in expected]
         assert created == sorted(created, reverse=True)
@@ -182,7 +165,7 @@ def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
         # by queue and status, archived ones included: ids 3 and 5 failed too
         again = await intake.requeue(None, "q", "FAILED", 10)
         assert sorted(m["retry_of"] for m in again) == sorted([ids[3], ids[5]])
-        listed = await everything(reads, "q", None, 5)
+        listed = await list_all(reads, "q", None, 5)
         assert len(listed) == len(set(listed)) == 9
         # archived again later: read from the newest file, the older row is dead
         sent = dict(dispatched(core).submitted)
@@ -191,7 +174,7 @@ def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
         await archive_all(core)
         assert (await reads.get(ids[1]))["retried_as"] == made["task_id"]
         assert len(core.archive) == 9
-        assert await everything(reads, "q", None, 4) == listed
+        assert await list_all(reads, "q", None, 4) == listed
 
     run(tmp_path, scenario)
 
@@ -199,7 +182,7 @@ def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
         reads = Reads(core)
         assert len(core.archive) == 9  # duplicates across files: the newest one counts
         assert (await reads.get(ids[1]))["retried_as"] is not None
-        assert len(await everything(Reads(core), "q", None, 3)) == 9
+        assert len(await list_all(Reads(core), "q", None, 3)) == 9
 
     run(tmp_path, after_restart)
 
@@ -328,10 +311,10 @@ def test_a_crash_between_the_archive_file_and_the_journal_duplicates_nothing(
     async def second(core: RegistryCore) -> None:
         reads = Reads(core)
         assert sorted(core.tasks) == sorted(ids) and len(core.archive) == 0
-        assert await everything(reads, None, None, 2) == [
+        assert await list_all(reads, None, None, 2) == [
             r["id"] for r in (await reads.list(None, None, 10, None))[0]
         ]
-        assert len(await everything(reads, None, None, 2)) == 5
+        assert len(await list_all(reads, None, None, 2)) == 5
         assert reads.queue_stats()["q"]["by_status"] == {"COMPLETE": 3, "FAILED": 2}
         assert await archive_all(core) == 5 and len(core.archive) == 5
 
@@ -339,6 +322,6 @@ def test_a_crash_between_the_archive_file_and_the_journal_duplicates_nothing(
 
     async def third(core: RegistryCore) -> None:
         assert len(core.archive) == 5 and not core.tasks  # the older file's rows are dead
-        assert len(await everything(Reads(core), None, None, 2)) == 5
+        assert len(await list_all(Reads(core), None, None, 2)) == 5
 
     run(tmp_path, third)

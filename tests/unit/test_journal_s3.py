@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
@@ -20,7 +19,7 @@ from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 from raybeam.errors import SegmentExists, StorageInUse
 from raybeam.journal import GroupCommit, Journal
 from raybeam.storage import Storage
-from tests.support.moto_server import AWS_ENV, REGION, create_bucket, moto_s3
+from tests.support.moto_server import create_bucket, moto_s3, s3_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -67,13 +66,7 @@ def requests(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> list[Request]
 
 @pytest.fixture
 def s3(s3_endpoint: str) -> Iterator[Any]:
-    client = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        region_name=REGION,
-        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
-    )
+    client = s3_client(s3_endpoint)
     yield client
     client.close()
 
