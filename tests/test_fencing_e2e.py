@@ -1,4 +1,5 @@
-"""Two real Ray clusters on one storage folder: one writer at a time (SPEC §11)."""
+"""Two real Ray clusters on one storage, a folder or S3 (moto's server): one writer at a time
+(SPEC §11)."""
 
 from __future__ import annotations
 
@@ -8,20 +9,39 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.moto_server import AWS_ENV, create_bucket, moto_s3
 from tests.support.scenarios import SCENARIOS
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 
-def start(phase: str, root: Path, storage: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAYBEAM_")}
+@pytest.fixture(params=["folder", "s3"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """Where both clusters keep their state, and the environment that reaches it."""
+    if request.param == "folder":
+        yield str(tmp_path / "storage"), {}
+        return
+    with moto_s3(set_env=False) as endpoint:
+        bucket = "rb-" + uuid.uuid4().hex[:12]
+        create_bucket(endpoint, bucket)
+        yield f"s3://{bucket}/raybeam", {**AWS_ENV, "AWS_ENDPOINT_URL_S3": endpoint}
+
+
+def start(
+    phase: str, root: Path, storage: tuple[str, dict[str, str]]
+) -> tuple[subprocess.Popen[str], str]:
+    url, storage_env = storage
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAYBEAM_", "AWS_"))}
     env.pop("RAY_ADDRESS", None)
     scratch = tempfile.mkdtemp(prefix="rbs-", dir="/tmp")
-    env.update(RAYBEAM_STORAGE=str(storage), RAYBEAM_LEASE_SECONDS="4", RB_SCENARIO_TMP=scratch)
+    env.update(storage_env)
+    env.update(RAYBEAM_STORAGE=url, RAYBEAM_LEASE_SECONDS="4", RB_SCENARIO_TMP=scratch)
     proc = subprocess.Popen(
         [sys.executable, str(SCENARIOS / "two_clusters.py"), str(root), phase],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -29,8 +49,9 @@ def start(phase: str, root: Path, storage: Path) -> tuple[subprocess.Popen[str],
     return proc, scratch
 
 
-def test_a_second_cluster_waits_for_the_first_ones_lease(tmp_path: Path) -> None:
-    storage = tmp_path / "storage"
+def test_a_second_cluster_waits_for_the_first_ones_lease(
+    tmp_path: Path, storage: tuple[str, dict[str, str]]
+) -> None:
     holder, first_tmp = start("hold", tmp_path, storage)
     other = None
     try:
@@ -42,6 +63,7 @@ def test_a_second_cluster_waits_for_the_first_ones_lease(tmp_path: Path) -> None
         other, second_tmp = start("other", tmp_path, storage)
         out, err = other.communicate(timeout=180)
         assert other.returncode == 0, f"{out}\n{err[-4000:]}"
+        assert f"storage {storage[0]}" in out
         assert "refused: storage is in use by the registry" in out
         assert "the holder's task is there" in out
         holder_out, _ = holder.communicate(timeout=60)

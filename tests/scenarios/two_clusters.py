@@ -34,6 +34,7 @@ if phase == "hold":
         time.sleep(0.1)
     print("holder stopping")
 else:
+    print("storage", raybeam.settings().storage_url)
     try:
         call("ping")
     except raybeam.StorageInUse as exc:
