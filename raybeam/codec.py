@@ -22,6 +22,22 @@ def dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=_plain)
 
 
+def canonical(value: Any) -> str:
+    """JSON of `value` with sorted keys: equal values give equal texts (a lookup key)."""
+    try:
+        return orjson.dumps(value, option=_OPTIONS | orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
+
+
+def fragment(value: Any) -> orjson.Fragment:
+    """`value` encoded now, to be embedded as it is in a later `dumps` (no second walk)."""
+    try:
+        return orjson.Fragment(orjson.dumps(value, option=_OPTIONS))
+    except TypeError:
+        return orjson.Fragment(dumps(value))
+
+
 def loads(text: str | bytes) -> Any:
     """The value of a JSON text; ValueError when it is not JSON."""
     return orjson.loads(text)

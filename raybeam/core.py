@@ -10,7 +10,6 @@ as a `Host` (host.py). Unit tests build one with a fake `Dispatch`.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import Counter
@@ -286,9 +285,22 @@ class RegistryCore:
             rec.started_at = min(at, rec.started_at or at)
 
     async def settle(self, task_id: str, run: str, outcome: Outcome) -> None:
+        await self.settle_many([(task_id, run, outcome)])
+
+    async def settle_many(self, reports: Iterable[tuple[str, str, Outcome]]) -> None:
+        """Apply several outcomes, then wait for one commit of them all (a pack's batch of
+        reports is stored in one journal write, not one write per task)."""
+        done = [rec for report in reports if (rec := self._settle(*report)) is not None]
+        if done:
+            await self.persist(*done)
+            for rec in done:
+                self._announce(rec)
+
+    def _settle(self, task_id: str, run: str, outcome: Outcome) -> TaskRecord | None:
+        """Apply one outcome; the record when it completed (announced once stored)."""
         rec = self.tasks.get(task_id)
         if rec is None or not rec.is_live(run):
-            return
+            return None
         if rec.status is not RUNNING:  # the attempt never reported its start
             self.start(rec, outcome["container_id"], outcome["started_at"])
         rec.run = ""  # this submission is over: a late report from it must not count
@@ -308,17 +320,17 @@ class RegistryCore:
             rec.result_key = outcome.get("result_key")
             rec.failure_reason = None
             self._set_status(rec, COMPLETE)
-            await self._after_final(rec)
-            return
+            return rec
         reason = outcome["error"] or "the attempt failed"
         delays = [d for hook in self.hooks if (d := hook.retry_delay(rec, outcome)) is not None]
         if not delays:
             self.fail(rec, FAILED, reason)
-            return
+            return None
         rec.failure_reason = reason
         self._set_status(rec, RETRY)
         rec.next_attempt_at = time.time() + min(delays)
         self.timers.later("retry", rec.id, min(delays), lambda: self._retry(task_id))
+        return None
 
     def _retry(self, task_id: str) -> None:
         rec = self.tasks.get(task_id)
@@ -367,6 +379,10 @@ class RegistryCore:
 
     async def _after_final(self, rec: TaskRecord) -> None:
         await self.persist(rec)
+        self._announce(rec)
+
+    def _announce(self, rec: TaskRecord) -> None:
+        """`rec` is final and stored so: wake its waiters and the hooks."""
         for fut in self.waiters.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
@@ -426,8 +442,7 @@ def _mark(rec: TaskRecord) -> tuple[Any, ...]:
 
 
 def _serialise(value: Any) -> Any:
-    """A detached plain copy of a value to store, made on the loop (the batch is written in a
-    thread while records go on changing): through orjson, a few microseconds a record."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return codec.loads(codec.dumps(value))
-    return value
+    """A detached copy of a value to store, made on the loop (the batch is written in a
+    thread while records go on changing): its JSON, encoded once (orjson, a few microseconds
+    a record) and embedded as it is in the journal line or the snapshot."""
+    return None if value is None else codec.fragment(value)

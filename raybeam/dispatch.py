@@ -9,7 +9,6 @@ timed out or was cancelled.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 
 import ray
 
+from raybeam import codec
 from raybeam.containers import ContainerPool, ResourceDemand
 from raybeam.host import Host
 from raybeam.lanes import Lane, capacity
@@ -159,7 +159,7 @@ class Dispatcher:
         if pool is not None:
             pool.enqueue(attempt, rec.spec.function, blob, options, rec.priority)
             return
-        key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True))
+        key = (rec.queue, rec.spec.max_calls, codec.canonical(options))
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane()
@@ -210,7 +210,7 @@ class Dispatcher:
         for key in list(self.dirty):
             self.dirty.discard(key)
             lane = self.lanes[key]
-            queue, options = key[0], json.loads(key[2])
+            queue, options = key[0], codec.loads(key[2])
             if queue not in self.durations and len(lane) > PROBE and key not in self.probed:
                 # A big backlog on a queue whose task length is unknown: start a few, and
                 # decide how to send the rest once they tell (or PROBE_WAIT has passed).
@@ -251,7 +251,7 @@ class Dispatcher:
 
     def _send(self, key: Key, chunk: list[Item]) -> None:
         rec, blob, attempt, options = chunk[0]
-        fn = self._remote_fn(rec, options, packed=len(chunk) > 1)
+        fn = self._remote_fn(key, rec, options, packed=len(chunk) > 1)
         self.lanes[key].in_flight += 1
         if len(chunk) == 1:
             ref = fn.remote(rec.spec.function, blob, *attempt.fields())
@@ -272,15 +272,15 @@ class Dispatcher:
             lane.probing = False
             self._mark(key)
 
-    def _remote_fn(self, rec: TaskRecord, options: dict[str, Any], packed: bool = False) -> Any:
-        """The remote function bound to these options (binding is costly, so it is cached)."""
-        key = (rec.queue, rec.spec.max_calls, json.dumps(options, sort_keys=True), packed)
-        fn = self.remotes.get(key)
+    def _remote_fn(self, key: Key, rec: TaskRecord, options: dict[str, Any], packed: bool) -> Any:
+        """The remote function bound to a lane's options (binding is costly, so it is cached)."""
+        bound = (*key, packed)
+        fn = self.remotes.get(bound)
         if fn is None:
             fn = remote_attempt(rec.spec.max_calls, packed).options(
                 name=f"raybeam:{rec.queue}", **options
             )
-            self.remotes[key] = fn
+            self.remotes[bound] = fn
         return fn
 
     async def watch(
@@ -318,10 +318,9 @@ class Dispatcher:
         try:
             async for ref in gen:
                 outcomes: list[Outcome] = await ref
-                for outcome in outcomes:
-                    task_id, run = members[settled]
-                    settled += 1
-                    await self.host.settle(task_id, run, outcome)
+                reports = [(*members[settled + i], o) for i, o in enumerate(outcomes)]
+                settled += len(outcomes)
+                await self.host.settle_many(reports)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -344,7 +343,7 @@ class Dispatcher:
         if not warm:
             return None
         shape = [warm, rec.spec.function, rec.spec.ray_options, rec.spec.gpu_types]
-        key = (rec.queue, json.dumps(shape, sort_keys=True))
+        key = (rec.queue, codec.canonical(shape))
         pool = self.pools.get(key)
         if pool is None:
             pool = self.pools[key] = ContainerPool(self.host, rec.queue, warm, self.watch)

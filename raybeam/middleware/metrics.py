@@ -7,6 +7,7 @@ registry adds) in the Prometheus text format.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
@@ -43,8 +44,7 @@ class Histogram:
 
     def observe(self, value: float) -> None:
         value = max(0.0, value)
-        index = next((i for i, bound in enumerate(BUCKETS) if value <= bound), len(BUCKETS))
-        self.counts[index] += 1
+        self.counts[bisect.bisect_left(BUCKETS, value)] += 1  # the first bound >= value
         self.sum += value
         self.count += 1
 
