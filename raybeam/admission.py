@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from typing import Any
 
+from raybeam import codec
 from raybeam.errors import QueueFull
 from raybeam.record import TaskSpec
 
@@ -46,8 +46,8 @@ class SpecCache:
         # a definition is replaced, never changed, when a queue is registered again: its
         # text is worked out once per definition object
         if self.defined[0] is not definition:
-            self.defined = (definition, json.dumps(definition["spec"], sort_keys=True))
-        key = (queue, self.defined[1], json.dumps(overrides))
+            self.defined = (definition, codec.canonical(definition["spec"]))
+        key = (queue, self.defined[1], codec.canonical(overrides) if overrides else "")
         spec = self.specs.get(key)
         if spec is None:
             spec = self.specs[key] = TaskSpec(**{**definition["spec"], **overrides})
