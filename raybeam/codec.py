@@ -30,12 +30,13 @@ def canonical(value: Any) -> str:
         return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_plain)
 
 
-def fragment(value: Any) -> orjson.Fragment:
-    """`value` encoded now, to be embedded as it is in a later `dumps` (no second walk)."""
+def entry_line(kind: str, key: str, value: Any) -> bytes:
+    """One journal line: `{"t": kind, "k": key, "d": value}` and a newline."""
+    entry = {"t": kind, "k": key, "d": value}
     try:
-        return orjson.Fragment(orjson.dumps(value, option=_OPTIONS))
+        return orjson.dumps(entry, option=_OPTIONS | orjson.OPT_APPEND_NEWLINE)
     except TypeError:
-        return orjson.Fragment(dumps(value))
+        return (dumps(entry) + "\n").encode()
 
 
 def loads(text: str | bytes) -> Any:

@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
-from raybeam import codec
 from raybeam.admission import SpecCache
 from raybeam.archive import FILE_ROWS, Archive, id_halves
 from raybeam.host import Dispatch, Host, Timers
@@ -88,9 +87,7 @@ class RegistryCore:
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.background: set[asyncio.Task[Any]] = set()
-        self.commits = GroupCommit(
-            journal, _serialise, lambda: everything(self), lambda: len(self.tasks)
-        )
+        self.commits = GroupCommit(journal, lambda: everything(self), lambda: len(self.tasks))
         self.booted = False
         self._writing = False
         self._booting: asyncio.Future[None] | None = None
@@ -439,10 +436,3 @@ def _mark(rec: TaskRecord) -> tuple[Any, ...]:
     """What changes when a final record does (a requeue, a webhook attempt)."""
     webhook = rec.webhook or {}
     return (rec.status, rec.updated_at, rec.retried_as, len(webhook.get("attempts", ())))
-
-
-def _serialise(value: Any) -> Any:
-    """A detached copy of a value to store, made on the loop (the batch is written in a
-    thread while records go on changing): its JSON, encoded once (orjson, a few microseconds
-    a record) and embedded as it is in the journal line or the snapshot."""
-    return None if value is None else codec.fragment(value)

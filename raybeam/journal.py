@@ -48,6 +48,10 @@ Entry = dict[str, Any]
 #: batches in one local journal segment before the next segment begins
 SEGMENT_BATCHES = 10_000
 State = dict[tuple[str, str], Any]
+#: a snapshot is made once the journal since the last one holds this many entries per
+#: entry of the state (a final record waits in it for the archive: each snapshot until then
+#: writes it again)
+SNAPSHOT_AFTER = 4
 #: live entries serialised for a snapshot between two turns of the registry's event loop
 SNAPSHOT_CHUNK = 500
 
@@ -63,7 +67,7 @@ class Journal:
         self.local = isinstance(fs, LocalFileSystem)
         #: local batches reach the disk before `append` returns (default: RAYBEAM_FSYNC)
         self.fsync = config.settings().fsync if fsync is None else fsync
-        self.segment: IO[str] | None = None
+        self.segment: IO[bytes] | None = None
         self.segment_batches = 0
         for sub in ("journal", "snapshot"):
             self.fs.makedirs(self._p(sub), exist_ok=True)
@@ -84,12 +88,11 @@ class Journal:
             return
         replace_durably(self.fs._strip_protocol(path), raw)
 
-    def _create(self, path: str, text: str) -> None:
+    def _create(self, path: str, raw: bytes) -> None:
         """Create an object that must not exist yet, `SegmentExists` when it does. On S3 this
         is one conditional PUT, where a temporary key, its copy and its removal took five
         requests more. s3fs and botocore retry a PUT whose answer was lost, and so does
         `GroupCommit`; such a retry finds its own bytes there, which is no conflict."""
-        raw = text.encode()
         try:
             self.fs.pipe_file(path, raw, mode="create")
             return
@@ -165,7 +168,12 @@ class Journal:
 
     def append(self, entries: Iterable[Entry]) -> int:
         """Commit one batch; returns the sequence number of the segment that holds it."""
-        text = "".join(codec.dumps(e) + "\n" for e in entries)
+        return self.append_lines(
+            b"".join(codec.entry_line(e["t"], e["k"], e["d"]) for e in entries)
+        )
+
+    def append_lines(self, text: bytes) -> int:
+        """`append` of a batch encoded already: journal lines (`codec.entry_line`)."""
         if self.local:
             if self.segment is None or self.segment_batches >= SEGMENT_BATCHES:
                 self._rotate()
@@ -188,7 +196,7 @@ class Journal:
         # O_EXCL rather than link() of a finished temporary file: a local segment takes its
         # batches after it is created, so what is made exclusive is its name
         try:
-            self.segment = open(path, "x")  # noqa: SIM115
+            self.segment = open(path, "xb")  # noqa: SIM115
         except FileExistsError:
             raise SegmentExists(
                 f"the journal segment {path} exists already: another registry writes to this "
@@ -219,7 +227,7 @@ class Journal:
         if self.local:  # durable even with RAYBEAM_FSYNC=0: the segments it replaces go next
             self._write_atomic(path, text)
         else:  # each snapshot's seq is written once (compaction follows new batches)
-            self._create(path, text)
+            self._create(path, text.encode())
         old = [p for s, p in self._seq_files("journal", ".jsonl") if s <= seq]
         old += [p for s, p in self._seq_files("snapshot", ".json") if s < seq]
         if old:  # one request per 1,000 objects on S3, not one each
@@ -310,12 +318,10 @@ class GroupCommit:
     def __init__(
         self,
         journal: Journal,
-        serialise: Callable[[Any], Any],
         everything: Callable[[], list[tuple[str, str, Any]]],
         live: Callable[[], int],
     ) -> None:
         self.journal = journal
-        self.serialise = serialise
         self.everything = everything
         self.live = live
         self.entries_since_snapshot = 0
@@ -383,24 +389,29 @@ class GroupCommit:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-            # compact once the journal outgrows the state it describes, so the cost of a
-            # snapshot (which writes every live entry) stays proportional to the changes
-            due = self.entries_since_snapshot >= max(self.snapshot_min, 2 * self.live())
+            # compact once the journal outgrows the state it describes SNAPSHOT_AFTER times,
+            # so the cost of a snapshot (which writes every entry held) stays proportional
+            # to the changes, and a restart reads at most that many entries per one held
+            due = self.entries_since_snapshot >= max(
+                self.snapshot_min, SNAPSHOT_AFTER * self.live()
+            )
             if due and self.compacting is None:
                 self.entries_since_snapshot = 0
                 self.compacting = asyncio.get_running_loop().create_task(self._compact())
 
     async def _write(self, batch: dict[tuple[str, str], Any]) -> None:
-        entries = [{"t": k[0], "k": k[1], "d": self.serialise(v)} for k, v in batch.items()]
+        # encoded here, on the loop: the batch is written in a thread while records go on
+        # changing (orjson walks a record in a few microseconds)
+        text = b"".join([codec.entry_line(k[0], k[1], v) for k, v in batch.items()])
         delay = 0.1
-        while entries:
+        while True:
             try:
                 # one small write to an open file needs no thread hop; an fsync (a millisecond
                 # or more) or an object store would hold the registry's loop
                 if self.journal.local and not self.journal.fsync:
-                    self.journal.append(entries)
+                    self.journal.append_lines(text)
                 else:
-                    await asyncio.to_thread(self.journal.append, entries)
+                    await asyncio.to_thread(self.journal.append_lines, text)
                 break
             except StorageInUse:  # no retry can help
                 raise
@@ -408,7 +419,7 @@ class GroupCommit:
                 log.exception("could not store registry state; retrying in %.1f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
-        self.entries_since_snapshot += len(entries)
+        self.entries_since_snapshot += len(batch)
 
     async def _compact(self) -> None:
         try:
@@ -417,8 +428,8 @@ class GroupCommit:
             parts = []
             for start in range(0, len(items), SNAPSHOT_CHUNK):
                 chunk = items[start : start + SNAPSHOT_CHUNK]
-                entries = [{"t": t, "k": k, "d": self.serialise(v)} for t, k, v in chunk]
-                parts.append(codec.dumps(entries)[1:-1])
+                # records are read as they are now: nothing changes them within one chunk
+                parts.append(codec.dumps([{"t": t, "k": k, "d": v} for t, k, v in chunk])[1:-1])
                 await asyncio.sleep(0)  # calls and batches go on between chunks
             await asyncio.to_thread(self.journal.write_snapshot, parts, seq)
         except Exception:

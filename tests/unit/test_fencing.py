@@ -46,7 +46,7 @@ def test_a_fenced_registry_writes_nothing(tmp_path: Path) -> None:
     held = [True]
 
     async def scenario() -> None:
-        commits = GroupCommit(journal, lambda v: v, lambda: [], lambda: 0)
+        commits = GroupCommit(journal, lambda: [], lambda: 0)
         commits.allowed = lambda: held[0]
         runner = asyncio.get_running_loop().create_task(commits.run())
         commits.stage("task", "a", 1)

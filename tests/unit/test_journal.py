@@ -173,7 +173,6 @@ def test_group_commit_batches_changes_and_compacts(tmp_path: Path) -> None:
     async def scenario() -> None:
         commits = GroupCommit(
             j,
-            lambda v: v,
             lambda: [("task", k, v) for k, v in live.items()],
             lambda: len(live),
         )
@@ -212,9 +211,7 @@ def test_batches_go_on_while_a_snapshot_is_made(tmp_path: Path, monkeypatch: Any
 
     async def scenario() -> None:
         # a threshold of 1,000 entries, met by the first commit
-        commits = GroupCommit(
-            j, lambda v: v, lambda: [("task", k, v) for k, v in live.items()], lambda: 1
-        )
+        commits = GroupCommit(j, lambda: [("task", k, v) for k, v in live.items()], lambda: 1)
         commits.snapshot_min = 1000
         runner = asyncio.get_running_loop().create_task(commits.run())
         for k, v in live.items():

@@ -178,7 +178,7 @@ def test_a_registry_whose_next_segment_is_taken_stops_writing(prefix: str, s3: A
     s3.put_object(Bucket=BUCKET, Key=f"{prefix}/{segment(1)}", Body=foreign)
 
     async def scenario() -> None:
-        commits = GroupCommit(j, lambda v: v, lambda: [], lambda: 0)
+        commits = GroupCommit(j, lambda: [], lambda: 0)
         runner = asyncio.get_running_loop().create_task(commits.run())
         commits.stage("task", "ours", 1)
         with pytest.raises(SegmentExists):
@@ -204,7 +204,6 @@ def test_compaction_on_s3_keeps_the_segments_bounded(
         nonlocal most
         commits = GroupCommit(
             j,
-            lambda v: v,
             lambda: [("task", k, v) for k, v in live.items()],
             lambda: len(live),
         )

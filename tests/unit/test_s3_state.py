@@ -53,7 +53,6 @@ def test_thousands_of_tasks_through_the_journal_and_the_archive_on_s3(storage: S
         live = {r.id: r for r in records}
         commits = GroupCommit(
             journal,
-            TaskRecord.to_json,
             lambda: [("task", k, v) for k, v in live.items()],
             lambda: len(live),
         )
