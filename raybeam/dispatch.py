@@ -35,7 +35,7 @@ PROBE = 8
 #: seconds at most that the rest of that backlog waits for the first probe to finish
 PROBE_WAIT = 1.0
 #: at most this many tasks share one Ray task
-PACK_MAX = 16
+PACK_MAX = 48
 #: seconds between storing new tasks and sending them to Ray: the answer to the caller goes
 #: out first (sending holds the registry's GIL for a while), and more tasks join the batch
 SEND_AFTER = 0.001
@@ -84,6 +84,18 @@ def pack_size(
     return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), int(backlog / at_once)))
 
 
+def pack_options(options: dict[str, Any], node_cpus: float) -> dict[str, Any]:
+    """A pack's Ray options: its tasks', but at least one CPU (at most a node's largest CPU
+    count) where they ask for a fraction. A pack is a stream of tiny tasks run one after
+    the other, so it never uses more than one CPU; a fraction would let Ray start a worker
+    process per fraction (20 on 2 cores at `cpu=0.1`), each costing a second of CPU to start
+    and taking turns on the cores, where one worker per core runs the stream fastest."""
+    cpus = float(options.get("num_cpus", 1))
+    if 0 < cpus < 1 and node_cpus > cpus:
+        return {**options, "num_cpus": min(1.0, node_cpus)}
+    return options
+
+
 class Dispatcher:
     def __init__(self, host: Host) -> None:
         self.host = host
@@ -106,6 +118,8 @@ class Dispatcher:
         self.durations: dict[str, float] = {}
         self.blob_refs: dict[str, Any] = {}
         self.resources: tuple[float, dict[str, float]] = (-10.0, {})
+        #: the most CPUs one node has (packs ask for up to one CPU, never more than fits)
+        self.node_cpus = 1.0
 
     # ---- the Dispatch protocol ---------------------------------------------------------
 
@@ -200,6 +214,8 @@ class Dispatcher:
         if time.monotonic() - at > 5:
             res = ray.cluster_resources()  # type: ignore[no-untyped-call]
             self.resources = (time.monotonic(), res)
+            nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+            self.node_cpus = max([n.get("Resources", {}).get("CPU", 0.0) for n in nodes] or [1.0])
         return res
 
     def _flush(self) -> None:
@@ -217,13 +233,14 @@ class Dispatcher:
                 self.probed.add(key)
                 lane.probing = True
                 asyncio.get_running_loop().call_later(PROBE_WAIT, self._release, key)
-            room = lane.room(capacity(options, cluster))
-            if lane.probing:
-                room = max(0, PROBE - lane.in_flight)
             # tasks of the queue not started yet, those sent already included: puts arrive a
             # few per turn, and still form a backlog when workers fall behind
             backlog = max(len(lane), self.host.waiting(queue))
             size = pack_size(self.durations.get(queue), backlog, cluster.get("CPU", 1.0), options)
+            sent = options if size == 1 else pack_options(options, self.node_cpus)
+            room = lane.room(capacity(sent, cluster))
+            if lane.probing:
+                room = max(0, PROBE - lane.in_flight)
             while room > 0 and lane:
                 chunk = [it for it in lane.pop(size) if it[0].is_live(it[2].run)]
                 # a task whose pack died under it runs alone until it ends: its retries
@@ -251,7 +268,10 @@ class Dispatcher:
 
     def _send(self, key: Key, chunk: list[Item]) -> None:
         rec, blob, attempt, options = chunk[0]
-        fn = self._remote_fn(key, rec, options, packed=len(chunk) > 1)
+        packed = len(chunk) > 1
+        if packed:
+            options = pack_options(options, self.node_cpus)
+        fn = self._remote_fn(key, rec, options, packed)
         self.lanes[key].in_flight += 1
         if len(chunk) == 1:
             ref = fn.remote(rec.spec.function, blob, *attempt.fields())
