@@ -60,7 +60,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument("--batch", type=int, default=2000, help="map() batch of fractional, sustained")
     p.add_argument("--sustained-tasks", type=int, default=100000, help="sustained: map() tasks")
-    p.add_argument("--sustained-puts", type=int, default=50000, help="sustained: .put() tasks")
+    p.add_argument("--sustained-puts", type=int, default=100000, help="sustained: .put() tasks")
     p.add_argument("--sustained-shapes", default="map,put", help="sustained: map, put or map,put")
     p.add_argument("--burst", type=int, default=2000, help="sustained: the burst it is held to")
     p.add_argument("--archive-records", type=int, default=1_000_000, help="archive: archived")
