@@ -22,12 +22,12 @@ from raybeam.host import Dispatch, Host, Timers
 from raybeam.idempotency import IdempotencyKeys
 from raybeam.journal import GroupCommit, Journal
 from raybeam.leases import Leases
+from raybeam.middleware import Middleware
 from raybeam.record import TRANSITIONS, TaskRecord, TaskStatus
 from raybeam.recovery import everything, load_functions, load_state, resume_decision
 from raybeam.wire import Outcome
 
 if TYPE_CHECKING:
-    from raybeam.middleware import Middleware
     from raybeam.storage import Storage
 
 log = logging.getLogger("raybeam.registry")
@@ -78,7 +78,7 @@ class RegistryCore:
         #: tasks held by queue and status: queue_stats and /metrics read these, not the tasks
         self.by_status: dict[str, Counter[str]] = {}
         for rec in self.tasks.values():
-            self.by_status.setdefault(rec.queue, Counter())[rec.status.value] += 1
+            self.held(rec.queue)[rec.status.value] += 1
             self.counts[rec.queue] += not rec.status.is_final
             self.running[rec.queue] += rec.status is RUNNING
         self.leases = Leases()
@@ -93,6 +93,12 @@ class RegistryCore:
         self._booting: asyncio.Future[None] | None = None
         self.dispatch = dispatch(self)
         self.hooks = middleware(self)
+        #: per hook name, the middleware that define it (the others' hooks do nothing: the
+        #: hot path calls only these)
+        self.hooked = {
+            name: [h for h in self.hooks if getattr(type(h), name) is not getattr(Middleware, name)]
+            for name in ("on_enqueued", "on_started", "on_transition", "on_final")
+        }
 
     # ---- boot -------------------------------------------------------------------------
 
@@ -209,7 +215,7 @@ class RegistryCore:
         if self.tasks.get(rec.id) is rec and rec.status.is_final:
             del self.tasks[rec.id]
             self.commits.stage("task", rec.id, None)
-            self.by_status.setdefault(rec.queue, Counter())[rec.status.value] -= 1
+            self.held(rec.queue)[rec.status.value] -= 1
             for output in rec.outputs:
                 self.output_keys.pop(output["id"], None)
             if self.payloads.pop(rec.id, None) is not None:
@@ -265,7 +271,7 @@ class RegistryCore:
         rec, payload = found
         self.archive.bury(task_id)
         self.tasks[rec.id] = rec
-        self.by_status.setdefault(rec.queue, Counter())[rec.status.value] += 1
+        self.held(rec.queue)[rec.status.value] += 1
         for output in rec.outputs:
             self.output_keys[output["id"]] = output["key"]
         if payload is not None:
@@ -361,13 +367,14 @@ class RegistryCore:
         for fut in self.watchers.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
-        for hook in self.hooks:
+        for hook in self.hooked["on_transition"]:
             try:
                 hook.on_transition(rec, old, new)
             except Exception:
                 log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
-        self.running[rec.queue] += (new is RUNNING) - (old is RUNNING)
-        held = self.by_status.setdefault(rec.queue, Counter())
+        if new is RUNNING or old is RUNNING:
+            self.running[rec.queue] += (new is RUNNING) - (old is RUNNING)
+        held = self.held(rec.queue)
         held[old.value] -= 1
         held[new.value] += 1
         if new.is_final:
@@ -386,11 +393,18 @@ class RegistryCore:
         self.hook("on_final", rec)
 
     def hook(self, name: str, rec: TaskRecord) -> None:
-        for hook in self.hooks:
+        for hook in self.hooked.get(name, self.hooks):
             try:
                 getattr(hook, name)(rec)
             except Exception:
                 log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
+
+    def held(self, queue: str) -> Counter[str]:
+        """The tasks of `queue` held, by status (a counter made once per queue)."""
+        counts = self.by_status.get(queue)
+        if counts is None:
+            counts = self.by_status[queue] = Counter()
+        return counts
 
     def created(self, now: float) -> float:
         """A creation time for a new record: `now`, or a microsecond after the last one
@@ -402,7 +416,7 @@ class RegistryCore:
     def add(self, rec: TaskRecord, payload: str) -> None:
         """A new record and its arguments, staged; started by `stored`."""
         self.tasks[rec.id] = rec
-        self.by_status.setdefault(rec.queue, Counter())[rec.status.value] += 1
+        self.held(rec.queue)[rec.status.value] += 1
         self.payloads[rec.id] = payload
         self.commits.stage("payload", rec.id, payload)
         self.stage(rec)

@@ -68,7 +68,10 @@ class LatencyMetrics(Middleware):
     def _observe(
         table: dict[tuple[str, ...], Histogram], labels: tuple[str, ...], value: float
     ) -> None:
-        table.setdefault(labels, Histogram()).observe(value)
+        histogram = table.get(labels)
+        if histogram is None:
+            histogram = table[labels] = Histogram()
+        histogram.observe(value)
 
     def metrics(self) -> dict[str, Any]:
         """The histograms as plain data: `{name: [[labels, counts, sum, count], ...]}`."""
