@@ -140,7 +140,7 @@ class Journal:
             if seq <= base:
                 continue
             try:
-                with self.fs.open(path, "r") as f:
+                with self.fs.open(path, "rb") as f:  # UTF-8 JSON, whatever the locale
                     lines = f.read().splitlines()
             except OSError as exc:
                 problems.append(f"journal {posixpath.basename(path)} unreadable ({exc}); skipped")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from raybeam.containers import ContainerPool, ResourceDemand
-from raybeam.dispatch import PACK_BELOW, PACK_MAX, pack_size
+from raybeam.dispatch import PACK_BELOW, PACK_MAX, pack_options, pack_size
 from raybeam.middleware.webhooks import Webhooks
 from raybeam.wire import Attempt
 
@@ -19,6 +19,15 @@ def test_pack_sizes() -> None:
     assert pack_size(0.001, 1000, 4, cpu) == 5  # a pack runs about PACK_BELOW seconds
     assert pack_size(0.0001, 8, 4, cpu) == 2  # a small backlog is spread over the CPUs
     assert pack_size(0.0001, 8, 4, {"num_cpus": 0.5}) == 1
+
+
+def test_a_pack_of_fractional_tasks_asks_for_one_cpu_that_fits_a_node() -> None:
+    tenth = {"num_cpus": 0.1, "memory": 100, "resources": {"fast": 1}}
+    assert pack_options(tenth, 8) == {**tenth, "num_cpus": 1.0}  # the rest as the tasks ask
+    assert pack_options(tenth, 0.5) == {**tenth, "num_cpus": 0.5}  # never beyond a node
+    assert pack_options(tenth, 0.1) == tenth
+    for whole in ({"num_cpus": 1}, {"num_cpus": 2}, {"num_cpus": 0}, {}):
+        assert pack_options(whole, 8) == whole  # whole CPUs, none, or Ray's default of 1
 
 
 class Host:

@@ -235,3 +235,14 @@ def test_batches_go_on_while_a_snapshot_is_made(tmp_path: Path, monkeypatch: Any
     j.close()
     assert len(list((tmp_path / "registry" / "snapshot").iterdir())) == 1
     assert_loads(tmp_path, live)
+
+
+def test_text_of_any_script_and_integers_beyond_64_bits_replay_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LC_ALL", "C")  # lines are UTF-8 bytes, whatever the locale says
+    j = journal(tmp_path)
+    values = {"a": "ünïcødé ✓ 漢字 🚀", "b": {"n": 2**70, "s": "ok"}, "c": [1.5, None, True]}
+    j.append([{"t": "task", "k": k, "d": v} for k, v in values.items()])
+    state, problems = journal(tmp_path).load()
+    assert state == {("task", k): v for k, v in values.items()} and problems == []
