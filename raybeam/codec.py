@@ -22,6 +22,14 @@ def dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=_plain)
 
 
+def dumps_bytes(value: Any) -> bytes:
+    """`dumps` as UTF-8 bytes, with no copy through `str` (orjson writes bytes)."""
+    try:
+        return orjson.dumps(value, option=_OPTIONS)
+    except TypeError:
+        return dumps(value).encode()
+
+
 def canonical(value: Any) -> str:
     """JSON of `value` with sorted keys: equal values give equal texts (a lookup key)."""
     try:

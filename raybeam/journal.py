@@ -217,17 +217,18 @@ class Journal:
         self.close()
         return self.seq
 
-    def write_snapshot(self, parts: list[str], seq: int) -> None:
+    def write_snapshot(self, parts: list[bytes] | list[str], seq: int) -> None:
         """Store the state as of segment `seq`, then drop the segments and snapshots it
         replaces. `parts` are comma-separated JSON entries; together they are the state.
         Batches written meanwhile must go to segments after `seq` (see `seal`).
         """
-        text = "[" + ",".join(part for part in parts if part) + "]"
+        raw = [part.encode() if isinstance(part, str) else part for part in parts]
+        text = b"[" + b",".join(part for part in raw if part) + b"]"
         path = self._p("snapshot", f"{seq:016d}.json")
         if self.local:  # durable even with RAYBEAM_FSYNC=0: the segments it replaces go next
             self._write_atomic(path, text)
         else:  # each snapshot's seq is written once (compaction follows new batches)
-            self._create(path, text.encode())
+            self._create(path, text)
         old = [p for s, p in self._seq_files("journal", ".jsonl") if s <= seq]
         old += [p for s, p in self._seq_files("snapshot", ".json") if s < seq]
         if old:  # one request per 1,000 objects on S3, not one each
@@ -425,11 +426,12 @@ class GroupCommit:
         try:
             seq = self.journal.seal()
             items = self.everything()
-            parts = []
+            parts: list[bytes] = []
             for start in range(0, len(items), SNAPSHOT_CHUNK):
                 chunk = items[start : start + SNAPSHOT_CHUNK]
                 # records are read as they are now: nothing changes them within one chunk
-                parts.append(codec.dumps([{"t": t, "k": k, "d": v} for t, k, v in chunk])[1:-1])
+                entries = [{"t": t, "k": k, "d": v} for t, k, v in chunk]
+                parts.append(codec.dumps_bytes(entries)[1:-1])
                 await asyncio.sleep(0)  # calls and batches go on between chunks
             await asyncio.to_thread(self.journal.write_snapshot, parts, seq)
         except Exception:
