@@ -108,7 +108,7 @@ class Dispatcher:
         self.pools: dict[tuple[str, str], ContainerPool] = {}
         self.current: dict[str, tuple[str, str]] = {}
         self.demand = ResourceDemand()
-        self.remotes: dict[tuple[str, int | None, str, bool], Any] = {}
+        self.remotes: dict[tuple[Any, ...], Any] = {}
         #: waiting tasks of plain queues, by queue and Ray options (see lanes.py)
         self.lanes: dict[Key, Lane] = {}
         self.dirty: set[Key] = set()
@@ -294,7 +294,7 @@ class Dispatcher:
 
     def _remote_fn(self, key: Key, rec: TaskRecord, options: dict[str, Any], packed: bool) -> Any:
         """The remote function bound to a lane's options (binding is costly, so it is cached)."""
-        bound = (*key, packed)
+        bound = (*key, packed, options.get("num_cpus"))  # a pack's CPUs follow the nodes
         fn = self.remotes.get(bound)
         if fn is None:
             fn = remote_attempt(rec.spec.max_calls, packed).options(

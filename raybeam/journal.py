@@ -405,7 +405,7 @@ class GroupCommit:
         # changing (orjson walks a record in a few microseconds)
         text = b"".join([codec.entry_line(k[0], k[1], v) for k, v in batch.items()])
         delay = 0.1
-        while True:
+        while text:  # a commit with nothing staged writes nothing
             try:
                 # one small write to an open file needs no thread hop; an fsync (a millisecond
                 # or more) or an object store would hold the registry's loop

@@ -246,3 +246,23 @@ def test_text_of_any_script_and_integers_beyond_64_bits_replay_as_written(
     j.append([{"t": "task", "k": k, "d": v} for k, v in values.items()])
     state, problems = journal(tmp_path).load()
     assert state == {("task", k): v for k, v in values.items()} and problems == []
+
+
+def test_a_commit_with_nothing_staged_writes_nothing(tmp_path: Path) -> None:
+    from raybeam.journal import GroupCommit
+
+    j = journal(tmp_path)
+
+    async def scenario() -> None:
+        commits = GroupCommit(j, lambda: [], lambda: 0)
+        runner = asyncio.get_running_loop().create_task(commits.run())
+        commits.stage("task", "a", 1)
+        await commits.commit()
+        for _ in range(3):
+            await commits.commit()  # on an object store each batch would be one more object
+        assert j.segment_batches == 1
+        await finish(commits, runner)
+
+    asyncio.run(scenario())
+    j.close()
+    assert_loads(tmp_path, {"a": 1})
