@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 from typing import Any
 
 import orjson
@@ -19,7 +20,11 @@ def dumps(value: Any) -> str:
     try:
         return orjson.dumps(value, option=_OPTIONS).decode()
     except TypeError:
-        return json.dumps(value, separators=(",", ":"), default=_plain)
+        try:
+            return json.dumps(value, separators=(",", ":"), default=_plain, allow_nan=False)
+        except ValueError:  # NaN or an infinity: null, as orjson writes them (JSON has none)
+            plain = json.loads(json.dumps(value, default=_plain))
+            return json.dumps(_finite(plain), separators=(",", ":"), allow_nan=False)
 
 
 def dumps_bytes(value: Any) -> bytes:
@@ -50,6 +55,25 @@ def entry_line(kind: str, key: str, value: Any) -> bytes:
 def loads(text: str | bytes) -> Any:
     """The value of a JSON text; ValueError when it is not JSON."""
     return orjson.loads(text)
+
+
+def dumps_each(values: list[Any]) -> bytes:
+    """The comma-separated JSON of `values` (a JSON array's body): orjson for them all, or,
+    where it refuses one, the standard library for that one only."""
+    try:
+        return orjson.dumps(values, option=_OPTIONS)[1:-1]
+    except TypeError:
+        return b",".join(dumps_bytes(value) for value in values)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

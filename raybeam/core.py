@@ -96,7 +96,7 @@ class RegistryCore:
         #: per hook name, the middleware that define it (the others' hooks do nothing: the
         #: hot path calls only these)
         self.hooked = {
-            name: [h for h in self.hooks if getattr(type(h), name) is not getattr(Middleware, name)]
+            name: [h for h in self.hooks if _defines(h, name)]
             for name in ("on_enqueued", "on_started", "on_transition", "on_final")
         }
 
@@ -293,7 +293,18 @@ class RegistryCore:
     async def settle_many(self, reports: Iterable[tuple[str, str, Outcome]]) -> None:
         """Apply several outcomes, then wait for one commit of them all (a pack's batch of
         reports is stored in one journal write, not one write per task)."""
-        done = [rec for report in reports if (rec := self._settle(*report)) is not None]
+        done = []
+        for task_id, run, outcome in reports:
+            try:
+                rec = self._settle(task_id, run, outcome)
+            except Exception as exc:  # a bug: this task fails alone, its mates go on
+                log.exception("could not apply the outcome of task %s", task_id)
+                broken = self.tasks.get(task_id)
+                if broken is not None:
+                    self.fail(broken, FAILED, f"the registry could not apply its outcome: {exc}")
+                continue
+            if rec is not None:
+                done.append(rec)
         if done:
             await self.persist(*done)
             for rec in done:
@@ -325,7 +336,9 @@ class RegistryCore:
             self._set_status(rec, COMPLETE)
             return rec
         reason = outcome["error"] or "the attempt failed"
-        delays = [d for hook in self.hooks if (d := hook.retry_delay(rec, outcome)) is not None]
+        delays = [
+            d for hook in self.hooks if (d := self._retry_delay(hook, rec, outcome)) is not None
+        ]
         if not delays:
             self.fail(rec, FAILED, reason)
             return None
@@ -334,6 +347,14 @@ class RegistryCore:
         rec.next_attempt_at = time.time() + min(delays)
         self.timers.later("retry", rec.id, min(delays), lambda: self._retry(task_id))
         return None
+
+    @staticmethod
+    def _retry_delay(hook: Middleware, rec: TaskRecord, outcome: Outcome) -> float | None:
+        try:
+            return hook.retry_delay(rec, outcome)
+        except Exception:  # as with every hook: logged, and this one says nothing
+            log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
+            return None
 
     def _retry(self, task_id: str) -> None:
         rec = self.tasks.get(task_id)
@@ -444,6 +465,12 @@ class RegistryCore:
         for fut in self.watchers.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
+
+
+def _defines(hook: Middleware, name: str) -> bool:
+    """`hook` does something in `name` (its class or the instance replaces the default)."""
+    method = getattr(hook, name)
+    return getattr(method, "__func__", method) is not getattr(Middleware, name)
 
 
 def _mark(rec: TaskRecord) -> tuple[Any, ...]:

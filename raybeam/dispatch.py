@@ -120,6 +120,7 @@ class Dispatcher:
         self.resources: tuple[float, dict[str, float]] = (-10.0, {})
         #: the most CPUs one node has (packs ask for up to one CPU, never more than fits)
         self.node_cpus = 1.0
+        self.nodes_at = -100.0
 
     # ---- the Dispatch protocol ---------------------------------------------------------
 
@@ -214,6 +215,8 @@ class Dispatcher:
         if time.monotonic() - at > 5:
             res = ray.cluster_resources()  # type: ignore[no-untyped-call]
             self.resources = (time.monotonic(), res)
+        if time.monotonic() - self.nodes_at > 60:  # node shapes change rarely; the list is long
+            self.nodes_at = time.monotonic()
             nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
             self.node_cpus = max([n.get("Resources", {}).get("CPU", 0.0) for n in nodes] or [1.0])
         return res
@@ -339,8 +342,8 @@ class Dispatcher:
             async for ref in gen:
                 outcomes: list[Outcome] = await ref
                 reports = [(*members[settled + i], o) for i, o in enumerate(outcomes)]
-                settled += len(outcomes)
                 await self.host.settle_many(reports)
+                settled += len(outcomes)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

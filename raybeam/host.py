@@ -14,6 +14,7 @@ import heapq
 import itertools
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from raybeam.record import TaskRecord, TaskStatus
     from raybeam.storage import Storage
     from raybeam.wire import Outcome
+
+
+_RESOLUTION = time.get_clock_info("monotonic").resolution
 
 
 class Timers:
@@ -64,7 +68,7 @@ class Timers:
     def _fire(self) -> None:
         self._wake, self._wake_at = None, math.inf
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = loop.time() + _RESOLUTION  # asyncio may call a little early, by up to this
         while self.heap and self.heap[0][0] <= now:
             entry = heapq.heappop(self.heap)[2]
             kind, task_id, fn = entry

@@ -431,7 +431,7 @@ class GroupCommit:
                 chunk = items[start : start + SNAPSHOT_CHUNK]
                 # records are read as they are now: nothing changes them within one chunk
                 entries = [{"t": t, "k": k, "d": v} for t, k, v in chunk]
-                parts.append(codec.dumps_bytes(entries)[1:-1])
+                parts.append(codec.dumps_each(entries))
                 await asyncio.sleep(0)  # calls and batches go on between chunks
             await asyncio.to_thread(self.journal.write_snapshot, parts, seq)
         except Exception:

@@ -234,6 +234,31 @@ def test_a_failed_attempt_retries_after_the_backoff_then_fails(tmp_path: Path) -
     run(tmp_path, scenario)
 
 
+def test_an_outcome_that_cannot_be_applied_fails_its_task_alone(tmp_path: Path) -> None:
+    class Broken(middleware.Middleware):
+        def retry_delay(self, rec: TaskRecord, outcome: Outcome) -> float | None:
+            raise RuntimeError("a hook with a bug")
+
+    async def scenario(core: RegistryCore) -> None:
+        await Intake(core).register_queue(definition(retries=2), b"blob")
+        await Intake(core).submit("q", [item(t) for t in "abcd"])
+        core.hooks.append(Broken(core))  # retry_delay is asked of every hook
+        sent = dict(dispatched(core).submitted)
+        bad: Any = {"ok": True}  # no outputs, no result: applying it raises
+        await core.settle_many(
+            [("a", sent["a"], ok(1)), ("b", sent["b"], bad), ("c", sent["c"], ok(3))]
+        )
+        await core.settle_many([("d", sent["d"], failed("boom", retryable=True))])
+        await core.commits.commit()
+        status = {t: core.tasks[t].status for t in "abcd"}
+        # b never got as far as its start: a task that never ran is called off, not failed
+        assert status == {"a": S.COMPLETE, "b": S.CANCELLED, "c": S.COMPLETE, "d": S.RETRY}
+        assert "could not apply its outcome" in (core.tasks["b"].failure_reason or "")
+        assert core.tasks["c"].result == 3
+
+    run(tmp_path, scenario)
+
+
 def test_a_task_waiting_to_retry_can_fail_and_be_cancelled(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
         await Intake(core).register_queue(definition(retries=3), b"blob")
