@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 #: how often the head checks that nodes are alive, and after how many misses one is dead
 HEALTH = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
@@ -179,17 +178,19 @@ class LocalCluster:
         shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def wait_for_nodes(count: int, timeout: float = 60) -> list[dict[str, Any]]:
-    """Wait until the connected cluster has `count` alive nodes; returns them."""
+def wait_for_new_node(known: set[str], timeout: float = 60) -> str:
+    """Wait until the connected cluster has an alive node whose id is not in `known`, and
+    return its id. (Not a count of alive nodes: a node killed just before may be marked dead
+    by Ray while the new one joins, which a count would take for no new node at all.)"""
     import ray
 
     deadline = time.monotonic() + timeout
     while True:
-        alive = [n for n in ray.nodes() if n["Alive"]]
-        if len(alive) == count:
-            return alive
+        new = [n["NodeID"] for n in ray.nodes() if n["Alive"] and n["NodeID"] not in known]
+        if len(new) == 1:
+            return str(new[0])
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{len(alive)} alive nodes, not {count}")
+            raise TimeoutError(f"{len(new)} new alive nodes, not 1")
         time.sleep(0.2)
 
 

@@ -38,7 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
-from local_nodes import LocalCluster, free_port, wait_for_nodes
+from local_nodes import LocalCluster, free_port, wait_for_new_node
 
 TOKEN = "cluster-demo-" + uuid.uuid4().hex[:12]
 LOOPBACK_ONLY = {
@@ -182,11 +182,10 @@ def run(cluster: LocalCluster) -> None:
     node_ids: dict[str, str] = {}
 
     def join(name: str, **kwargs: Any) -> None:
-        before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        known = {n["NodeID"] for n in ray.nodes()}  # alive or dead
         t0 = time.monotonic()
         cluster.add(name, **kwargs)
-        alive = wait_for_nodes(len(before) + 1)
-        (node_ids[name],) = {n["NodeID"] for n in alive} - before
+        node_ids[name] = wait_for_new_node(known)
         say(f"node {name} joined in {time.monotonic() - t0:.1f} s: {cluster.nodes[name].resources}")
 
     join("gpu", num_cpus=1, num_gpus=1, resources={"accelerator_type:A10G": 1})
