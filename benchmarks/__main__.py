@@ -8,7 +8,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ORDER = [
     "throughput", "latency", "warm", "http", "streams", "recovery", "scale", "peers", "profile",
@@ -17,6 +19,11 @@ ORDER = [
 EXTRA = ["fractional", "sustained", "archive", "s3"]
 #: benchmark name -> module, where they differ
 MODULES = {"http": "http_api", "archive": "archive_scale"}
+
+
+def numbers(kind: Callable[[str], float]) -> Callable[[str], list[Any]]:
+    """An argument type: comma-separated numbers of `kind` (int or float)."""
+    return lambda text: [kind(x) for x in text.split(",")]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,14 +44,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--recovery-tasks", type=int, default=1000)
     p.add_argument(
         "--http-requests",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=numbers(int),
         default=[300, 1500],
         help="requests per endpoint with 1 and with 16 clients",
     )
     p.add_argument("--http-seconds", type=float, default=15, help="time bound per HTTP load")
     p.add_argument(
         "--scale-levels",
-        type=lambda s: [int(x) for x in s.split(",")],
+        type=numbers(int),
         default=[1000, 10000, 100000],
         help="records held at each scale step",
     )
@@ -54,7 +61,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     p.add_argument(
         "--fractional-cpus",
-        type=lambda s: [float(x) for x in s.split(",")],
+        type=numbers(float),
         default=[0.1, 0.25, 1.0],
         help="the cpu= of each fractional case",
     )

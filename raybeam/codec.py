@@ -49,7 +49,7 @@ def entry_line(kind: str, key: str, value: Any) -> bytes:
     try:
         return orjson.dumps(entry, option=_OPTIONS | orjson.OPT_APPEND_NEWLINE)
     except TypeError:
-        return (dumps(entry) + "\n").encode()
+        return dumps_bytes(entry) + b"\n"
 
 
 def loads(text: str | bytes) -> Any:

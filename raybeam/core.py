@@ -336,9 +336,8 @@ class RegistryCore:
             self._set_status(rec, COMPLETE)
             return rec
         reason = outcome["error"] or "the attempt failed"
-        delays = [
-            d for hook in self.hooks if (d := self._retry_delay(hook, rec, outcome)) is not None
-        ]
+        asked = (self._ask(hook, "retry_delay", rec, outcome) for hook in self.hooks)
+        delays = [d for d in asked if d is not None]
         if not delays:
             self.fail(rec, FAILED, reason)
             return None
@@ -347,14 +346,6 @@ class RegistryCore:
         rec.next_attempt_at = time.time() + min(delays)
         self.timers.later("retry", rec.id, min(delays), lambda: self._retry(task_id))
         return None
-
-    @staticmethod
-    def _retry_delay(hook: Middleware, rec: TaskRecord, outcome: Outcome) -> float | None:
-        try:
-            return hook.retry_delay(rec, outcome)
-        except Exception:  # as with every hook: logged, and this one says nothing
-            log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
-            return None
 
     def _retry(self, task_id: str) -> None:
         rec = self.tasks.get(task_id)
@@ -388,11 +379,7 @@ class RegistryCore:
         for fut in self.watchers.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
-        for hook in self.hooked["on_transition"]:
-            try:
-                hook.on_transition(rec, old, new)
-            except Exception:
-                log.exception("hook %s failed for task %s", type(hook).__name__, rec.id)
+        self.hook("on_transition", rec, old, new)
         if new is RUNNING or old is RUNNING:
             self.running[rec.queue] += (new is RUNNING) - (old is RUNNING)
         held = self.held(rec.queue)
@@ -413,12 +400,20 @@ class RegistryCore:
                 fut.set_result(None)
         self.hook("on_final", rec)
 
-    def hook(self, name: str, rec: TaskRecord) -> None:
-        for hook in self.hooked.get(name, self.hooks):
-            try:
-                getattr(hook, name)(rec)
-            except Exception:
-                log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
+    def hook(self, name: str, rec: TaskRecord, *args: Any) -> None:
+        """Call hook `name` of every middleware that defines it."""
+        for hook in self.hooked[name]:
+            self._ask(hook, name, rec, *args)
+
+    @staticmethod
+    def _ask(hook: Middleware, name: str, rec: TaskRecord, *args: Any) -> Any:
+        """`hook.<name>(rec, *args)`; one that raises is logged and answers None: a hook
+        never fails the task."""
+        try:
+            return getattr(hook, name)(rec, *args)
+        except Exception:
+            log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
+            return None
 
     def held(self, queue: str) -> Counter[str]:
         """The tasks of `queue` held, by status (a counter made once per queue)."""

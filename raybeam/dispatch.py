@@ -118,9 +118,8 @@ class Dispatcher:
         self.durations: dict[str, float] = {}
         self.blob_refs: dict[str, Any] = {}
         self.resources: tuple[float, dict[str, float]] = (-10.0, {})
-        #: the most CPUs one node has (packs ask for up to one CPU, never more than fits)
-        self.node_cpus = 1.0
-        self.nodes_at = -100.0
+        #: (when read, the most CPUs one node has): a pack asks for no more than fits
+        self.node_cpus: tuple[float, float] = (-100.0, 1.0)
 
     # ---- the Dispatch protocol ---------------------------------------------------------
 
@@ -215,11 +214,17 @@ class Dispatcher:
         if time.monotonic() - at > 5:
             res = ray.cluster_resources()  # type: ignore[no-untyped-call]
             self.resources = (time.monotonic(), res)
-        if time.monotonic() - self.nodes_at > 60:  # node shapes change rarely; the list is long
-            self.nodes_at = time.monotonic()
-            nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
-            self.node_cpus = max([n.get("Resources", {}).get("CPU", 0.0) for n in nodes] or [1.0])
         return res
+
+    def _node_cpus(self) -> float:
+        """The most CPUs one alive node has (read again once a minute: node shapes change
+        rarely, and the list of nodes is long on a big cluster)."""
+        at, cpus = self.node_cpus
+        if time.monotonic() - at > 60:
+            nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+            cpus = max([n.get("Resources", {}).get("CPU", 0.0) for n in nodes] or [1.0])
+            self.node_cpus = (time.monotonic(), cpus)
+        return cpus
 
     def _flush(self) -> None:
         """Send what the lanes may send now: highest priority first, one Ray task each or,
@@ -240,7 +245,7 @@ class Dispatcher:
             # few per turn, and still form a backlog when workers fall behind
             backlog = max(len(lane), self.host.waiting(queue))
             size = pack_size(self.durations.get(queue), backlog, cluster.get("CPU", 1.0), options)
-            sent = options if size == 1 else pack_options(options, self.node_cpus)
+            sent = options if size == 1 else pack_options(options, self._node_cpus())
             room = lane.room(capacity(sent, cluster))
             if lane.probing:
                 room = max(0, PROBE - lane.in_flight)
@@ -273,7 +278,7 @@ class Dispatcher:
         rec, blob, attempt, options = chunk[0]
         packed = len(chunk) > 1
         if packed:
-            options = pack_options(options, self.node_cpus)
+            options = pack_options(options, self._node_cpus())
         fn = self._remote_fn(key, rec, options, packed)
         self.lanes[key].in_flight += 1
         if len(chunk) == 1:
