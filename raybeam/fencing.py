@@ -65,9 +65,11 @@ class StorageLease:
         self.held = False
 
     def read(self) -> dict[str, Any] | None:
+        # One whole read (one GET on S3). A file opened for reading would fetch with the
+        # ETag its first request saw, and the holder renews the lease in place every few
+        # seconds: s3fs then raises FileExpired instead of answering who holds it.
         try:
-            with self.fs.open(self.path, "r") as f:
-                data: dict[str, Any] = json.loads(f.read())
+            data: dict[str, Any] = json.loads(self.fs.cat_file(self.path))
             return data
         except FileNotFoundError:
             return None

@@ -17,6 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
 from raybeam.errors import SegmentExists, StorageInUse
+from raybeam.fencing import StorageLease
 from raybeam.journal import GroupCommit, Journal
 from raybeam.storage import Storage
 from tests.support.moto_server import create_bucket, moto_s3, s3_client
@@ -39,6 +40,7 @@ class Request:
     key: str  # below the bucket
     if_none_match: str | None
     copy_source: str | None
+    if_match: str | None = None
 
 
 @pytest.fixture
@@ -56,6 +58,7 @@ def requests(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> list[Request]
                     path[len(BUCKET) + 2 :],
                     environ.get("HTTP_IF_NONE_MATCH"),
                     environ.get("HTTP_X_AMZ_COPY_SOURCE"),
+                    environ.get("HTTP_IF_MATCH"),
                 )
             )
         return real(self, environ, start)
@@ -247,3 +250,20 @@ def test_a_local_segment_that_exists_already_is_never_appended_to(tmp_path: Path
     assert j.seq == 0 and j.segment is None
     assert taken.read_text() == '{"t":"task","k":"theirs","d":1}\n'
     assert list(taken.parent.iterdir()) == [taken]
+
+
+def test_the_lease_is_read_in_one_get_that_no_renewal_can_fail(
+    prefix: str, requests: list[Request]
+) -> None:
+    # the holder rewrites the lease in place; a read bound to the ETag of an earlier request
+    # (HEAD, then GET with If-Match) failed with FileExpired when a renewal came between
+    storage = Storage(f"s3://{BUCKET}/{prefix}")
+    holder = StorageLease(storage.fs, storage.path("registry"), "cluster-a", "i1", seconds=30)
+    other = StorageLease(storage.fs, storage.path("registry"), "cluster-b", "i1", seconds=30)
+    holder.acquire()
+    requests.clear()
+    with pytest.raises(StorageInUse, match="cluster-a/i1"):
+        other.acquire()
+    reads = [r for r in requests if r.key.endswith("registry/lease") and r.method == "GET"]
+    assert len(reads) == 1 and reads[0].if_match is None, requests
+    # (s3fs may ask the size first, with a HEAD; the GET that follows depends on nothing)
