@@ -84,6 +84,20 @@ def pack_size(
     return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), int(backlog / at_once)))
 
 
+def max_calls(asked: int | None, options: dict[str, Any]) -> int | None:
+    """The `max_calls` of a plain queue's remote function: as asked, else Ray's default,
+    which is 1 for a task that takes GPUs (a fresh process each time, so GPU memory a
+    framework keeps is given back). Ray applies that default only to GPUs named in
+    `@ray.remote`, and attempts name theirs in `.options()`, so it is applied here.
+
+    >>> max_calls(None, {"num_gpus": 1}), max_calls(0, {"num_gpus": 1}), max_calls(None, {})
+    (1, 0, None)
+    """
+    if asked is None and options.get("num_gpus"):
+        return 1
+    return asked
+
+
 def pack_options(options: dict[str, Any], node_cpus: float) -> dict[str, Any]:
     """A pack's Ray options: its tasks', but at least one CPU (at most a node's largest CPU
     count) where they ask for a fraction. A pack is a stream of tiny tasks run one after
@@ -305,7 +319,7 @@ class Dispatcher:
         bound = (*key, packed, options.get("num_cpus"))  # a pack's CPUs follow the nodes
         fn = self.remotes.get(bound)
         if fn is None:
-            fn = remote_attempt(rec.spec.max_calls, packed).options(
+            fn = remote_attempt(max_calls(rec.spec.max_calls, options), packed).options(
                 name=f"raybeam:{rec.queue}", **options
             )
             self.remotes[bound] = fn

@@ -46,6 +46,7 @@ __all__ = [
     "build_payload",
     "build_request",
     "deliver",
+    "may_retry",
     "new_client",
     "sign",
     "validate_callback_url",
@@ -69,6 +70,24 @@ _RETRY_ERRORS: tuple[type[Exception], ...] = (
     httpx.ConnectTimeout,
     httpx.PoolTimeout,
 )
+
+
+_RETRY_ERROR_NAMES = frozenset(cls.__name__ for cls in _RETRY_ERRORS)
+
+
+def may_retry(attempt: dict[str, Any]) -> bool:
+    """Whether an attempt, as recorded on the task, is one that SPEC §4 tries again after:
+    a connection error, 408, 425, 429 or 5xx. The record alone decides, so a registry that
+    restarts knows which deliveries ended and which were cut short.
+
+    >>> may_retry({"at": "...", "status_code": 503}), may_retry({"at": "...", "error": "ReadTimeout"})
+    (True, False)
+    """
+    code = attempt.get("status_code")
+    if isinstance(code, int):
+        return code in _RETRY_STATUS_CODES or code >= 500
+    error = attempt.get("error")
+    return isinstance(error, str) and error.split(":", 1)[0] in _RETRY_ERROR_NAMES
 
 
 class InvalidWebhookSignature(RaybeamError, ValueError):
@@ -296,14 +315,14 @@ async def _attempt(
     try:
         code = await asyncio.wait_for(_post(http, url, body, headers, timeout), limit)
     except _NotAllowed:
-        return {"at": at, "error": NOT_ALLOWED}, False
+        record: dict[str, Any] = {"at": at, "error": NOT_ALLOWED}
     except asyncio.TimeoutError:
-        return {"at": at, "error": f"timeout: no complete answer within {limit:g} s"}, False
-    except _RETRY_ERRORS as e:
-        return {"at": at, "error": _short_error(e)}, True
+        record = {"at": at, "error": f"timeout: no complete answer within {limit:g} s"}
     except Exception as e:
-        return {"at": at, "error": _short_error(e)}, False
-    return {"at": at, "status_code": code}, code in _RETRY_STATUS_CODES or code >= 500
+        record = {"at": at, "error": _short_error(e)}
+    else:
+        record = {"at": at, "status_code": code}
+    return record, may_retry(record)
 
 
 async def attempts(

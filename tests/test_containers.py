@@ -139,12 +139,23 @@ def test_gpu_queue_keeps_one_process_across_tasks(unique_name: str) -> None:
 
 
 def test_plain_gpu_queue_with_max_calls_zero_reuses_its_worker(unique_name: str) -> None:
+    # Ray's default for GPU tasks (max_calls=1) ends the worker after every task; with
+    # max_calls=0 the worker stays and takes the next one. Ray still may start a second
+    # worker now and then (a lease handed back late under load), so reuse is counted, not
+    # a single process demanded.
     @task_queue(name=unique_name, cpu=0.25, gpu="A10G", max_calls=0)
-    def gpu_pid() -> int:
+    def warm_pid() -> int:
         return os.getpid()
 
-    pids = {gpu_pid.put().result(timeout=60) for _ in range(3)}
-    assert len(pids) == 1
+    @task_queue(name=unique_name + "_cold", cpu=0.25, gpu="A10G")
+    def cold_pid() -> int:
+        return os.getpid()
+
+    warm = [warm_pid.put().result(timeout=60) for _ in range(6)]
+    assert len(set(warm)) <= 3, warm
+    assert max(warm.count(pid) for pid in warm) >= 3, warm
+    cold = [cold_pid.put().result(timeout=60) for _ in range(3)]
+    assert len(set(cold)) == 3, cold
 
 
 def test_retries_work_on_containers(unique_name: str, ray_cluster: Any) -> None:

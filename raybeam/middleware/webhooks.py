@@ -5,7 +5,9 @@ webhook sender actor (raybeam/sender.py), which reports every attempt back as it
 middleware records it on the task. So a slow, huge or hostile receiver reaches another
 process, never the registry's loop or memory. Storage work (the key, presigned links) runs
 in a thread. A registry that restarts sends the webhooks that its previous incarnation had
-not finished (not delivered, attempts left), so a final status is announced at least once.
+not finished (none tried yet, or a retry due, with attempts left), so a final status is
+announced at least once; one that ended (delivered, out of attempts, or ended on an error
+that is not tried again) is never sent again.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from raybeam.record import TaskRecord, iso
 from raybeam.wire import read_large_result
 
 log = logging.getLogger("raybeam.webhooks")
+
+#: how an attempt that never left the registry is recorded (tried again after a restart)
+NOT_SENT = "not sent: "
 
 
 class Sender(Protocol):
@@ -70,9 +75,19 @@ class Webhooks(Middleware):
         )
 
     def _unfinished(self, webhook: dict[str, Any] | None) -> bool:
+        """True while a delivery may still go: none tried yet, or the last attempt is one
+        that is tried again (or never left here), with attempts left. A delivery that ended
+        on an answer or an error not tried again (a read timeout: the receiver may have
+        acted on it; a refused address) is never sent again, by no incarnation."""
         if webhook is None:
             return True
-        return not webhook.get("delivered") and len(webhook["attempts"]) < self.policy.attempts
+        attempts = webhook["attempts"]
+        if webhook.get("delivered") or len(attempts) >= self.policy.attempts:
+            return False
+        if not attempts:
+            return True
+        last = attempts[-1]
+        return str(last.get("error", "")).startswith(NOT_SENT) or webhooks.may_retry(last)
 
     async def _send(self, rec: TaskRecord, url: str) -> None:
         earlier = rec.webhook["attempts"] if rec.webhook else []
@@ -93,7 +108,7 @@ class Webhooks(Middleware):
                 payload, key = await asyncio.to_thread(self._prepare, rec)
             except Exception as exc:
                 log.exception("could not prepare the webhook of task %s", rec.id)
-                await record({"at": iso(time.time()), "error": f"not sent: {exc}"[:300]})
+                await record({"at": iso(time.time()), "error": f"{NOT_SENT}{exc}"[:300]})
                 return
             rec.webhook = webhook
             try:
@@ -101,7 +116,7 @@ class Webhooks(Middleware):
                     await record(attempt)
             except Exception as exc:
                 log.exception("the webhook of task %s could not be handed out", rec.id)
-                await record({"at": iso(time.time()), "error": f"not sent: {exc}"[:300]})
+                await record({"at": iso(time.time()), "error": f"{NOT_SENT}{exc}"[:300]})
         finally:
             self.sending.discard(rec.id)
 

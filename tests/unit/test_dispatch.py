@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from raybeam.containers import ContainerPool, ResourceDemand
-from raybeam.dispatch import PACK_BELOW, PACK_MAX, pack_options, pack_size
+from raybeam.dispatch import PACK_BELOW, PACK_MAX, max_calls, pack_options, pack_size
 from raybeam.middleware.webhooks import Webhooks
 from raybeam.wire import Attempt
 
@@ -90,6 +92,15 @@ def test_a_retired_pool_never_grows() -> None:
     assert p.wanted() == 0 and p.demand() == []
 
 
+def test_gpu_queues_get_a_fresh_process_per_task_unless_they_ask_otherwise() -> None:
+    assert max_calls(None, {"num_cpus": 0.25, "num_gpus": 1}) == 1
+    assert max_calls(None, {"num_cpus": 1, "num_gpus": 0.5}) == 1
+    assert max_calls(0, {"num_gpus": 1}) == 0  # a warm worker, as asked
+    assert max_calls(5, {"num_gpus": 1}) == 5
+    assert max_calls(None, {"num_cpus": 1}) is None  # CPU tasks: Ray's default, reuse
+    assert max_calls(None, {"num_cpus": 1, "num_gpus": 0}) is None
+
+
 def test_a_failing_request_is_swallowed() -> None:
     def refuse(bundles: Any) -> None:
         raise RuntimeError("no autoscaler")
@@ -105,6 +116,39 @@ def test_unfinished_webhooks_resume() -> None:
     assert not hook._unfinished({**one_failed, "delivered": True})
     spent = {"url": "u", "delivered": False, "attempts": [{"error": "x"}] * 3}
     assert not hook._unfinished(spent)
+    assert hook._unfinished({**one_failed, "attempts": []})  # cut short before its answer
+    refused = {"error": "ConnectError: [Errno 111] Connection refused"}
+    assert hook._unfinished({**one_failed, "attempts": [refused]})
+    assert hook._unfinished({**one_failed, "attempts": [{"error": "not sent: no storage"}]})
+
+
+@pytest.mark.parametrize(
+    "attempts",
+    [
+        [{"error": "ReadTimeout"}],  # the receiver may have acted on it: not tried again
+        [{"error": "address not allowed"}],
+        [{"error": "timeout: no complete answer within 30 s"}],
+        [{"status_code": 404}],
+        [{"status_code": 503}, {"error": "RemoteProtocolError: closed"}],
+    ],
+)
+def test_a_delivery_that_ended_is_never_resumed(attempts: list[dict[str, Any]]) -> None:
+    """A restart sends only what was cut short: an attempt that ended the delivery (no
+    retry after it) leaves nothing to resume, however many attempts remain."""
+    hook = Webhooks(host=None)  # type: ignore[arg-type]
+    assert not hook._unfinished({"url": "u", "delivered": False, "attempts": attempts})
+
+
+def test_may_retry_matches_what_the_sender_does() -> None:
+    from raybeam.webhooks import may_retry
+
+    assert [may_retry({"status_code": c}) for c in (200, 404, 408, 425, 429, 500, 503)] == [
+        False, False, True, True, True, True, True,
+    ]  # fmt: skip
+    assert may_retry({"error": "ConnectError: refused"}) and may_retry({"error": "ConnectTimeout"})
+    assert may_retry({"error": "PoolTimeout"})
+    assert not may_retry({"error": "ReadTimeout"}) and not may_retry({"error": "x"})
+    assert not may_retry({})
 
 
 def test_lanes_start_higher_priority_first_fifo_within_one() -> None:
