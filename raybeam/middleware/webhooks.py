@@ -65,9 +65,18 @@ class Webhooks(Middleware):
         # an earlier incarnation left unfinished (none sent yet, or a retry due during the
         # restart) goes on with the attempts it has left.
         await self.host.persist()
-        for rec in self.host.records():
-            if rec.status.is_final and rec.spec.callback_url and self._unfinished(rec.webhook):
-                self._start(rec)
+        unfinished = [
+            rec
+            for rec in self.host.records()
+            if rec.status.is_final and rec.spec.callback_url and self._unfinished(rec.webhook)
+        ]
+        if unfinished:
+            log.warning(
+                "sending %d webhook deliveries that the previous registry left unfinished",
+                len(unfinished),
+            )
+        for rec in unfinished:
+            self._start(rec)
 
     def keeps(self, rec: TaskRecord) -> bool:
         return rec.id in self.sending or bool(
