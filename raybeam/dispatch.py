@@ -301,12 +301,12 @@ class Dispatcher:
             self.packed.discard(rec.id)
             self.host.spawn(self.watch(rec.id, rec.run, ref, lambda _: self._sent_done(key)))
             return
-        gen = fn.remote(rec.spec.function, blob, [a.fields() for _, _, a, _ in chunk])
+        ref = fn.remote(rec.spec.function, blob, [a.fields() for _, _, a, _ in chunk])
         for member, _, _, _ in chunk:
-            self.refs[member.id] = gen
+            self.refs[member.id] = ref
             self.packed.add(member.id)
         members = [(m.id, m.run) for m, _, _, _ in chunk]
-        self.host.spawn(self._watch_pack(key, members, gen))
+        self.host.spawn(self._watch_pack(key, members, ref))
 
     def _release(self, key: Key) -> None:
         lane = self.lanes.get(key)
@@ -344,29 +344,25 @@ class Dispatcher:
             done(error)
         await self.host.settle(task_id, run, outcome)
 
-    async def _watch_pack(self, key: Key, members: list[tuple[str, str]], gen: Any) -> None:
-        """Settle the members of a pack as their outcomes stream in (in batches). When the
-        pack dies (a crash, or a kill for one member's timeout or cancel), a member that
-        reported its start ran long and fails, counted; the others not reported yet run
-        again alone, uncounted: the one that took the worker down then fails alone, counted,
-        and stops at its retries, and its mates are not held up by it again."""
+    async def _watch_pack(self, key: Key, members: list[tuple[str, str]], ref: Any) -> None:
+        """Settle the members of a pack once it returns. Members it left unrun (it ran out
+        of time) go back to their lane. When the pack dies (a crash, or a kill for one
+        member's timeout or cancel), a member that reported its start ran long and fails,
+        counted; the others run again alone, uncounted: the one that took the worker down
+        then fails alone, counted, and stops at its retries, and its mates are not held up
+        by it again."""
         try:
-            await self._stream_pack(members, gen)
+            await self._settle_pack(members, ref)
         finally:
             self._sent_done(key)
 
-    async def _stream_pack(self, members: list[tuple[str, str]], gen: Any) -> None:
-        settled = 0
+    async def _settle_pack(self, members: list[tuple[str, str]], ref: Any) -> None:
         try:
-            async for ref in gen:
-                outcomes: list[Outcome] = await ref
-                reports = [(*members[settled + i], o) for i, o in enumerate(outcomes)]
-                await self.host.settle_many(reports)
-                settled += len(outcomes)
+            outcomes: list[Outcome] = await ref
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            for task_id, run in members[settled:]:
+            for task_id, run in members:
                 rec = self.host.task(task_id)
                 if rec is None or not rec.is_live(run):
                     continue
@@ -376,6 +372,16 @@ class Dispatcher:
                     rec.run = ""
                     self.alone.add(task_id)
                     self.submit(rec)
+            return
+        ran = len(outcomes)
+        for task_id, run in members[ran:]:  # never started: sent again as they were
+            rec = self.host.task(task_id)
+            if rec is not None and rec.is_live(run):
+                rec.run = ""
+                self.submit(rec)
+        await self.host.settle_many(
+            [(*member, o) for member, o in zip(members[:ran], outcomes, strict=True)]
+        )
 
     # ---- warm queues ------------------------------------------------------------------
 

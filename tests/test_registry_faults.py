@@ -125,6 +125,37 @@ def test_a_worker_that_kills_its_pack_stops_at_its_retries(
         assert (runs / str(i)).read_text() in (".", ".."), f"task {i} ran 3 times or more"
 
 
+def test_a_pack_out_of_time_hands_back_its_unrun_members(
+    ray_cluster: Any, tmp_path: Path, unique_name: str
+) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    @task_queue(name=unique_name, cpu=0.5, retries=0, max_pending_tasks=1000)
+    def steps(i: int) -> int:
+        with open(runs / str(i), "a") as f:
+            f.write(".")
+        if i >= 1000:
+            time.sleep(0.01)  # slower than the queue has been: a pack of them runs out of time
+        return i
+
+    def submissions() -> int:
+        registry = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+        return int(ray.get(registry.__ray_call__.remote(lambda self: self.core.submissions)))
+
+    raybeam.wait(steps.map(list(range(40))), timeout=60)  # learns that its tasks are tiny
+    before = submissions()
+    tasks = steps.map(list(range(1000, 1200)))
+    raybeam.wait(tasks, timeout=120)
+    # members a pack left unrun were sent again: more submissions than tasks
+    assert submissions() - before > len(tasks)
+    for i, task in enumerate(tasks, start=1000):
+        info = task.info()
+        assert info["status"] == "COMPLETE" and task.result() == i, info
+        assert info["attempts"] == 1, info  # handed back unrun: not an attempt
+        assert (runs / str(i)).read_text() == ".", f"task {i} ran more than once"
+
+
 class _Receiver(BaseHTTPRequestHandler):
     answers: ClassVar[list[int]] = []
     bodies: ClassVar[list[bytes]] = []
