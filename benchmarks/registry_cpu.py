@@ -81,9 +81,10 @@ def floor_actor() -> Any:
                 self.changed.set()
             except Exception as exc:
                 self.errors.append(repr(exc))
+                self.changed.set()
 
         async def wait_for(self, count: int) -> None:
-            while self.done < count:
+            while self.done < count and not self.errors:
                 self.changed.clear()
                 await self.changed.wait()
 

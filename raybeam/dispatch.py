@@ -160,7 +160,9 @@ class Dispatcher:
         self.packed.discard(rec.id)
         self.alone.discard(rec.id)
 
-    def submit(self, rec: TaskRecord) -> None:
+    def submit(self, rec: TaskRecord, ahead: bool = False) -> None:
+        """Send `rec` to Ray when its lane has room; `ahead` puts it before the tasks of its
+        priority that wait (a pack member handed back unrun was ahead of them already)."""
         blob = self.blob_refs.get(rec.spec.function)
         payload = self.host.payload(rec.id)
         if blob is None or payload is None:
@@ -191,7 +193,7 @@ class Dispatcher:
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane()
-        lane.push(rec.priority, (rec, blob, attempt, options))
+        lane.push(rec.priority, (rec, blob, attempt, options), ahead)
         self._mark(key)
 
     def stop(self, rec: TaskRecord) -> None:
@@ -200,7 +202,7 @@ class Dispatcher:
             if queue == rec.queue:
                 pool.stop_task(rec.id)
         if ref is not None and rec.id in self.packed and rec.status is not RUNNING:
-            return  # a pack member not started: the pack skips it, its mates run on
+            return  # a pack member not started: its outcome will not count, its mates run on
         if ref is not None:
             try:
                 ray.cancel(ref, force=True)
@@ -374,14 +376,16 @@ class Dispatcher:
                     self.submit(rec)
             return
         ran = len(outcomes)
-        for task_id, run in members[ran:]:  # never started: sent again as they were
-            rec = self.host.task(task_id)
-            if rec is not None and rec.is_live(run):
-                rec.run = ""
-                self.submit(rec)
         await self.host.settle_many(
             [(*member, o) for member, o in zip(members[:ran], outcomes, strict=True)]
         )
+        # never started: back to the head of their lane, in their order (the last first, as
+        # each goes ahead of the others)
+        for task_id, run in reversed(members[ran:]):
+            rec = self.host.task(task_id)
+            if rec is not None and rec.is_live(run):
+                rec.run = ""
+                self.submit(rec, ahead=True)
 
     # ---- warm queues ------------------------------------------------------------------
 

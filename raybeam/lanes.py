@@ -20,6 +20,8 @@ SLACK = 2
 MIN_IN_FLIGHT = 8
 
 _order = itertools.count()
+#: the order of tasks put back ahead of those waiting (counting down: each goes first)
+_ahead = itertools.count(-1, -1)
 
 
 def capacity(options: dict[str, Any], cluster: dict[str, float]) -> int:
@@ -48,8 +50,9 @@ class Lane:
     def __len__(self) -> int:
         return len(self.heap)
 
-    def push(self, priority: int, item: Any) -> None:
-        heapq.heappush(self.heap, (-priority, next(_order), item))
+    def push(self, priority: int, item: Any, ahead: bool = False) -> None:
+        """Wait behind the items of `priority` already here, or, `ahead`, before them."""
+        heapq.heappush(self.heap, (-priority, next(_ahead if ahead else _order), item))
 
     def pop(self, n: int) -> list[Any]:
         """The next `n` items at most, highest priority first, FIFO within one."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -166,10 +167,14 @@ class _ScratchFolders:
     def __init__(self) -> None:
         self.spare: str | None = None
         self.lock = threading.Lock()  # a warm container runs attempts in several threads
+        self.swept = False
 
     def take(self) -> str:
         with self.lock:
             spare, self.spare = self.spare, None
+            sweep, self.swept = not self.swept, True
+        if sweep:
+            sweep_spares()
         if spare is not None and os.path.isdir(spare):
             return spare
         return tempfile.mkdtemp(prefix=f"raybeam-{os.getpid()}-")
@@ -186,6 +191,33 @@ class _ScratchFolders:
                 self.spare = folder
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def sweep_spares(root: str | None = None) -> int:
+    """Remove the empty spare folders of worker processes that have exited (a worker with
+    `max_calls=1` exits after its first attempt and leaves its spare behind); how many.
+    Each worker sweeps once, at its first attempt, so spares never outnumber the workers."""
+    root = tempfile.gettempdir() if root is None else root
+    removed = 0
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return 0
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "raybeam" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # alive (or another process with that id): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:  # not ours to signal: alive
+            continue
+        with contextlib.suppress(OSError):  # not empty, or gone meanwhile: left alone
+            os.rmdir(os.path.join(root, name))
+            removed += 1
+    return removed
 
 
 _scratch = _ScratchFolders()

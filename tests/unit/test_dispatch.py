@@ -151,6 +151,17 @@ def test_may_retry_matches_what_the_sender_does() -> None:
     assert not may_retry({})
 
 
+def test_a_task_put_back_ahead_goes_first_within_its_priority() -> None:
+    from raybeam.lanes import Lane
+
+    lane = Lane()
+    for name, priority in [("a", 0), ("b", 0), ("high", 5)]:
+        lane.push(priority, name)
+    for name in reversed(["back1", "back2"]):  # as a pack hands back its unrun members
+        lane.push(0, name, ahead=True)
+    assert lane.pop(10) == ["high", "back1", "back2", "a", "b"]
+
+
 def test_lanes_start_higher_priority_first_fifo_within_one() -> None:
     from raybeam.lanes import MIN_IN_FLIGHT, SLACK, Lane, capacity
 

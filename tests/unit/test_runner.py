@@ -58,3 +58,22 @@ def test_an_attempt_gets_an_empty_folder_and_a_used_one_is_removed(tmp_path: Any
     second = folders.take()
     assert second != first and os.listdir(second) == []
     folders.give_back(second)
+
+
+def test_spares_of_workers_that_exited_are_swept(tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # its process id now names nobody (reuse within the test is unlikely)
+    root = tmp_path
+    for name in (f"raybeam-{gone.pid}-a", f"raybeam-{gone.pid}-b", f"raybeam-{os.getpid()}-c"):
+        (root / name).mkdir()
+    (root / f"raybeam-{gone.pid}-b" / "kept.txt").write_text("a file: not a spare")
+    (root / "raybeam-output-x.zip").write_text("")
+    (root / "other").mkdir()
+    assert runner.sweep_spares(str(root)) == 1
+    left = sorted(p.name for p in root.iterdir())
+    assert left == sorted(
+        [f"raybeam-{gone.pid}-b", f"raybeam-{os.getpid()}-c", "raybeam-output-x.zip", "other"]
+    )
