@@ -185,7 +185,7 @@ class Dispatch(Protocol):
 
     def has_function(self, digest: str) -> bool: ...
 
-    def submit(self, rec: TaskRecord, ahead: bool = False) -> None:
+    def submit(self, rec: TaskRecord) -> None:
         """Hand the next attempt of `rec` out (a new submission id is set on it)."""
         ...
 

@@ -300,8 +300,8 @@ async def _post(
 
 async def _attempt(
     http: httpx.AsyncClient, url: str, payload: dict[str, Any], key: bytes, policy: DeliveryPolicy
-) -> tuple[dict[str, Any], bool]:
-    """One attempt, bounded in time: (its record, whether to try again)."""
+) -> dict[str, Any]:
+    """One attempt, bounded in time: its record (`may_retry` says whether to try again)."""
     timeout = httpx.Timeout(
         connect=policy.connect_timeout,
         read=policy.read_timeout,
@@ -322,7 +322,7 @@ async def _attempt(
         record = {"at": at, "error": _short_error(e)}
     else:
         record = {"at": at, "status_code": code}
-    return record, may_retry(record)
+    return record
 
 
 async def attempts(
@@ -349,7 +349,7 @@ async def attempts(
     try:
         for attempt in range(1, max(1, policy.attempts) + 1):
             async with limits.slot(url):
-                record, retry = await _attempt(http, url, payload, key, policy)
+                record = await _attempt(http, url, payload, key, policy)
             yield record
             code = record.get("status_code")
             if isinstance(code, int) and 200 <= code < 300:
@@ -362,7 +362,7 @@ async def attempts(
                 policy.attempts,
                 record.get("error", code),
             )
-            if not retry or attempt >= policy.attempts:
+            if not may_retry(record) or attempt >= policy.attempts:
                 break
             await asyncio.sleep(policy.backoff * 2 ** (attempt - 1))
         logger.error("webhook for task %s to %s was not delivered", task_id, url)
