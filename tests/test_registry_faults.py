@@ -108,7 +108,7 @@ def test_a_worker_that_kills_its_pack_stops_at_its_retries(
         return i, context.attempt
 
     raybeam.wait(tiny.map(list(range(40))), timeout=60)  # learns that its tasks are tiny
-    tasks = tiny.map(list(range(1000, 1120)))
+    tasks = tiny.map(list(range(1000, 1060)))
     raybeam.wait(tasks, timeout=120)
     for i, task in enumerate(tasks, start=1000):
         info = task.info()
