@@ -53,14 +53,15 @@ def test_a_second_cluster_waits_for_the_first_ones_lease(
     tmp_path: Path, storage: tuple[str, dict[str, str]]
 ) -> None:
     holder, first_tmp = start("hold", tmp_path, storage)
-    other = None
+    # the second cluster starts beside the first, and calls its registry only once the
+    # first one has stored its task (so holds the lease)
+    other, second_tmp = start("other", tmp_path, storage)
     try:
         deadline = time.monotonic() + 120
         while not (tmp_path / "task_id").exists():
             assert holder.poll() is None, holder.communicate()
             assert time.monotonic() < deadline, "the first cluster never stored its task"
             time.sleep(0.2)
-        other, second_tmp = start("other", tmp_path, storage)
         out, err = other.communicate(timeout=180)
         assert other.returncode == 0, f"{out}\n{err[-4000:]}"
         assert f"storage {storage[0]}" in out
@@ -68,9 +69,9 @@ def test_a_second_cluster_waits_for_the_first_ones_lease(
         assert "the holder's task is there" in out
         holder_out, _ = holder.communicate(timeout=60)
         assert "holder stopping" in holder_out
-        shutil.rmtree(second_tmp, ignore_errors=True)
     finally:
         for proc in (holder, other):
-            if proc is not None and proc.poll() is None:
+            if proc.poll() is None:
                 proc.kill()
         shutil.rmtree(first_tmp, ignore_errors=True)
+        shutil.rmtree(second_tmp, ignore_errors=True)

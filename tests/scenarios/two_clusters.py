@@ -34,6 +34,10 @@ if phase == "hold":
         time.sleep(0.1)
     print("holder stopping")
 else:
+    deadline = time.monotonic() + 120
+    while not (root / "task_id").exists():  # the first cluster holds the storage by then
+        assert time.monotonic() < deadline, "the first cluster never stored its task"
+        time.sleep(0.1)
     print("storage", raybeam.settings().storage_url)
     try:
         call("ping")
