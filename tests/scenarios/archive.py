@@ -3,10 +3,10 @@ every read answers as it did before the task left memory, across a registry rest
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -15,7 +15,7 @@ import ray
 from _cluster import start_local_ray
 
 import raybeam
-from raybeam import Output, connection, task_queue
+from raybeam import Output, cli, connection, task_queue
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from serve_app.deployment import deploy
 
@@ -97,17 +97,15 @@ def every_read_is_the_same(when: str) -> None:
     (output,) = tasks[3].outputs()
     with urllib.request.urlopen(output.url, timeout=30) as response:
         assert response.read() == b"an output", when
-    cli = subprocess.run(
-        [sys.executable, "-m", "raybeam.cli", "task", "get", tasks[2].id],
-        capture_output=True, text=True, timeout=60, env=dict(os.environ, RAY_ADDRESS=address),
-    )  # fmt: skip
-    assert cli.returncode == 0 and json.loads(cli.stdout)["status"] == "FAILED", cli.stderr
+    out = io.StringIO()  # `raybeam task get`, in this process (on its Ray connection)
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["task", "get", tasks[2].id])
+    assert code == 0 and json.loads(out.getvalue())["status"] == "FAILED", out.getvalue()
     held = connection.call("queue_stats")["arch"]["by_status"]
     assert held == {"COMPLETE": 5, "FAILED": 1}, (when, held)
     print(f"{when}: every read the same ({held})")
 
 
-address = ray.get_runtime_context().gcs_address
 every_read_is_the_same("archived")
 # a restart reads the live state (none) and the archive's index, not the history
 ray.kill(ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE))
