@@ -18,6 +18,7 @@ from raybeam import TaskContext, TaskStatus, task_queue
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.connection import call
 from raybeam.dispatch import PACK_BELOW
+from tests.support.registry import restart_registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
 
@@ -195,8 +196,7 @@ def test_a_webhook_retry_due_during_a_restart_is_sent_after_it(
 
         task = work.put()
         wait_for(lambda: len(_Receiver.bodies) == 1)
-        ray.kill(live_registry())  # during the backoff before the second attempt
-        call("ping")
+        restart_registry()  # during the backoff before the second attempt
         wait_for(lambda: len(_Receiver.bodies) == 2, timeout=30)
         wait_for(lambda: task.info()["webhook"]["delivered"], timeout=30)
         attempts = task.info()["webhook"]["attempts"]
@@ -221,8 +221,7 @@ def test_workers_report_starts_to_a_restarted_registry(
         return os.getpid()
 
     warm = {work.put(0.4).result(timeout=60) for _ in range(3)}  # each reports its start
-    ray.kill(live_registry())
-    call("ping")
+    restart_registry()
     task = work.put(30.0)
     started = time.monotonic()
     with pytest.raises(raybeam.TaskTimeout):

@@ -20,7 +20,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
-import ray
 
 import raybeam
 from raybeam import (
@@ -34,9 +33,8 @@ from raybeam import (
     task_queue,
     verify_webhook,
 )
-from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
-from raybeam.connection import call
 from raybeam.storage import Storage
+from tests.support.registry import restart_registry
 from tests.support.webhook_receiver import (
     HANG,
     Delivery,
@@ -297,8 +295,7 @@ def test_a_webhook_cut_short_by_a_registry_restart_is_sent_again(
     task = done.put()
     assert task.result(timeout=60) == "done"
     receiver.wait(url, 1)  # in flight, nothing recorded yet
-    ray.kill(ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE))
-    call("ping")  # the next registry loads the state and boots
+    restart_registry()  # the next registry loads the state and boots
     try:
         second = receiver.wait(url, 2)[1]
     except AssertionError as exc:  # what the restarted registry holds, for the reader

@@ -11,13 +11,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import ray
 from _cluster import start_local_ray
 
 import raybeam
 from raybeam import Output, cli, connection, task_queue
-from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from serve_app.deployment import deploy
+from tests.support.registry import kill_registry
 
 assert os.environ["RAYBEAM_ARCHIVE_AFTER_SECONDS"] == "1"
 start_local_ray(num_cpus=2)
@@ -108,7 +107,7 @@ def every_read_is_the_same(when: str) -> None:
 
 every_read_is_the_same("archived")
 # a restart reads the live state (none) and the archive's index, not the history
-ray.kill(ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE))
+kill_registry()  # gone, so the ping below starts the next one
 t0 = time.monotonic()
 assert connection.call("ping")["tasks"] == 0
 print(f"restart: first answer after {time.monotonic() - t0:.2f} s")
