@@ -13,17 +13,11 @@ import ray
 
 import raybeam
 from raybeam import TaskContext, task_queue
-from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.connection import call
 from tests.support import scenarios
+from tests.support.registry import live_registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
-
-
-def live_registry() -> Any:
-    """The registry as the next API call finds it: started again if it died."""
-    call("ping")
-    return ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
 
 
 def test_registry_killed_three_times_loses_and_repeats_nothing(

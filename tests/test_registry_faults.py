@@ -16,16 +16,10 @@ import ray
 import raybeam
 from raybeam import TaskContext, TaskStatus, task_queue
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
-from raybeam.connection import call
 from raybeam.dispatch import PACK_BELOW
-from tests.support.registry import restart_registry
+from tests.support.registry import live_registry, restart_registry
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(180)]
-
-
-def live_registry() -> Any:
-    call("ping")
-    return ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
 
 
 def hold_commits(registry: Any, held: bool) -> None:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import ray
 
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.connection import call
+
+
+def live_registry() -> Any:
+    """The registry as the next API call finds it: started again if it died."""
+    call("ping")
+    return ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
 
 
 def kill_registry(within: float = 30) -> None:
@@ -28,8 +35,7 @@ def kill_registry(within: float = 30) -> None:
         time.sleep(0.05)
 
 
-def restart_registry() -> dict[str, object]:
-    """Kill the registry, then start the next one (the next API call does); its ping."""
+def restart_registry() -> None:
+    """Kill the registry, then start the next one (as the next API call does)."""
     kill_registry()
-    answer: dict[str, object] = call("ping")
-    return answer
+    call("ping")
