@@ -52,6 +52,29 @@ def entry_line(kind: str, key: str, value: Any) -> bytes:
         return dumps_bytes(entry) + b"\n"
 
 
+def frozen_json(value: Any) -> orjson.Fragment:
+    """The JSON of `value`, an object never changed once made (a task's spec), worked out
+    once per object and embedded as it is wherever `value` is encoded again."""
+    cached = _FROZEN.get(id(value))
+    if cached is not None and cached[0] is value:
+        return cached[1]
+    if len(_FROZEN) >= FROZEN_CACHE:
+        _FROZEN.clear()
+        _FRAGMENTS.clear()
+    raw = dumps_bytes(value)
+    fragment = orjson.Fragment(raw)
+    _FROZEN[id(value)] = (value, fragment)
+    _FRAGMENTS[id(fragment)] = (fragment, raw)
+    return fragment
+
+
+#: objects whose JSON `frozen_json` worked out, by identity, and each fragment's JSON (for
+#: the standard library's encoder, which cannot write a fragment itself)
+_FROZEN: dict[int, tuple[Any, orjson.Fragment]] = {}
+_FRAGMENTS: dict[int, tuple[orjson.Fragment, bytes]] = {}
+FROZEN_CACHE = 4096
+
+
 def loads(text: str | bytes) -> Any:
     """The value of a JSON text; ValueError when it is not JSON."""
     return orjson.loads(text)
@@ -81,4 +104,7 @@ def _plain(value: Any) -> Any:
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
+    known = _FRAGMENTS.get(id(value))
+    if known is not None and known[0] is value:
+        return json.loads(known[1])
     raise TypeError(f"{type(value).__name__} is not JSON")

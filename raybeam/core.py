@@ -24,7 +24,7 @@ from raybeam.journal import GroupCommit, Journal
 from raybeam.leases import Leases
 from raybeam.middleware import Middleware
 from raybeam.record import TRANSITIONS, TaskRecord, TaskStatus
-from raybeam.recovery import everything, load_functions, load_state, resume_decision
+from raybeam.recovery import everything, load_functions, load_state, resume_decision, stored
 from raybeam.wire import Outcome
 
 if TYPE_CHECKING:
@@ -87,7 +87,9 @@ class RegistryCore:
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
         self.watchers: dict[str, list[asyncio.Future[None]]] = {}
         self.background: set[asyncio.Task[Any]] = set()
-        self.commits = GroupCommit(journal, lambda: everything(self), lambda: len(self.tasks))
+        self.commits = GroupCommit(
+            journal, lambda: everything(self), lambda: len(self.tasks), stored
+        )
         self.booted = False
         self._writing = False
         self._booting: asyncio.Future[None] | None = None

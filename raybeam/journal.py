@@ -5,7 +5,8 @@ Layout under `<storage>/registry/`:
   snapshot/<seq>.json   every live entry as of segment <seq>; segments up to it are removed
 
 An entry is {"t": kind, "k": key, "d": data}; a later entry for the same (kind, key) replaces
-an earlier one and `d = null` deletes it.
+an earlier one and `d = null` deletes it. A task record's data is the list of its values
+(`TaskRecord.stored`); the object form of `TaskRecord.to_json` loads as well.
 
 On a local disk a segment is an append-only file that takes many batches (one write each);
 a crash can leave at most a torn last line, which loading skips, and the next registry
@@ -321,10 +322,14 @@ class GroupCommit:
         journal: Journal,
         everything: Callable[[], list[tuple[str, str, Any]]],
         live: Callable[[], int],
+        encode: Callable[[str, Any], Any] = lambda kind, value: value,
     ) -> None:
         self.journal = journal
         self.everything = everything
         self.live = live
+        #: the stored form of a staged value, given its kind (staged values are the live
+        #: objects, encoded when their batch is written)
+        self.encode = encode
         self.entries_since_snapshot = 0
         # never compact before this many entries were written since the last snapshot (fewer
         # on object stores, where each batch is an object that loading must fetch)
@@ -403,7 +408,8 @@ class GroupCommit:
     async def _write(self, batch: dict[tuple[str, str], Any]) -> None:
         # encoded here, on the loop: the batch is written in a thread while records go on
         # changing (orjson walks a record in a few microseconds)
-        text = b"".join([codec.entry_line(k[0], k[1], v) for k, v in batch.items()])
+        encode = self.encode
+        text = b"".join([codec.entry_line(t, k, encode(t, v)) for (t, k), v in batch.items()])
         delay = 0.1
         while text:  # a commit with nothing staged writes nothing
             try:
@@ -430,7 +436,7 @@ class GroupCommit:
             for start in range(0, len(items), SNAPSHOT_CHUNK):
                 chunk = items[start : start + SNAPSHOT_CHUNK]
                 # records are read as they are now: nothing changes them within one chunk
-                entries = [{"t": t, "k": k, "d": v} for t, k, v in chunk]
+                entries = [{"t": t, "k": k, "d": self.encode(t, v)} for t, k, v in chunk]
                 parts.append(codec.dumps_each(entries))
                 await asyncio.sleep(0)  # calls and batches go on between chunks
             await asyncio.to_thread(self.journal.write_snapshot, parts, seq)

@@ -8,7 +8,7 @@ from typing import Any
 
 from raybeam.host import Dispatch
 from raybeam.journal import Journal
-from raybeam.record import TaskRecord, TaskStatus
+from raybeam.record import TaskRecord, TaskSpec, TaskStatus
 
 #: attempts cut short by a registry restart beyond `retries` before a task is given up
 RESTART_ALLOWANCE = 3
@@ -74,6 +74,7 @@ def _load_state(journal: Journal) -> State:
     entries, problems = journal.load()
     state = State({}, {}, {}, {}, problems)
     records = []
+    specs: dict[str, TaskSpec] = {}  # records of one queue share a spec, as when made
     for (kind, key), data in entries.items():
         if kind == "queue":
             state.queues[key] = data
@@ -83,12 +84,17 @@ def _load_state(journal: Journal) -> State:
             state.idempotency[key] = data
         elif kind == "task":
             try:
-                records.append(TaskRecord.from_json(data))
+                records.append(TaskRecord.from_json(data, specs))
             except (TypeError, ValueError, KeyError) as exc:
                 problems.append(f"task {key} unreadable ({exc}); skipped")
     for rec in sorted(records, key=lambda r: r.created_at):
         state.tasks[rec.id] = rec
     return state
+
+
+def stored(kind: str, value: Any) -> Any:
+    """What the journal stores for a staged value: records in their compact form."""
+    return value.stored() if kind == "task" and value is not None else value
 
 
 def everything(state: Any) -> list[tuple[str, str, Any]]:
