@@ -81,7 +81,7 @@ def _json_arg(kind: type) -> Any:
 
 def _status_arg(text: str) -> str:
     try:
-        return TaskStatus.parse(text).value
+        return str(TaskStatus.parse(text).value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

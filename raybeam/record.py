@@ -30,9 +30,9 @@ class TaskStatus(str, enum.Enum):
     #: waited unstarted past the task's ttl
     EXPIRED = "EXPIRED"
 
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATUSES
+    #: COMPLETE, FAILED, CANCELLED, TIMEOUT or EXPIRED: the task changes no more (a plain
+    #: attribute of each member, set below: the registry asks several times per task)
+    is_final: bool
 
     @classmethod
     def parse(cls, value: TaskStatus | str) -> TaskStatus:
@@ -55,6 +55,9 @@ FINAL_STATUSES = frozenset(
         TaskStatus.EXPIRED,
     }
 )
+
+for _status in TaskStatus:
+    _status.is_final = _status in FINAL_STATUSES
 
 S = TaskStatus
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
@@ -140,7 +143,7 @@ class TaskRecord:
 
     def __post_init__(self) -> None:
         if not self.history:
-            self.history.append((self.status.value, self.created_at))
+            self.history.append((self.status._value_, self.created_at))
 
     def is_live(self, run: str) -> bool:
         """`run` is this task's current submission, and the task can still change."""
@@ -152,7 +155,7 @@ class TaskRecord:
         now = time.time() if now is None else now
         self.status = new
         self.updated_at = now
-        self.history.append((new.value, now))
+        self.history.append((new._value_, now))  # `.value` is 5x slower
         if new is TaskStatus.RUNNING and self.started_at is None:
             self.started_at = now
         if new is not TaskStatus.RETRY:

@@ -62,7 +62,7 @@ class LatencyMetrics(Middleware):
         if old is TaskStatus.RUNNING:
             started = _last_start(rec)
             if started is not None:
-                self._observe(self.run_duration, (rec.queue, new.value), now - started)
+                self._observe(self.run_duration, (rec.queue, new._value_), now - started)
 
     @staticmethod
     def _observe(
@@ -87,11 +87,12 @@ class LatencyMetrics(Middleware):
 
 def _last_start(rec: TaskRecord) -> float | None:
     # history ends with the transition in progress; the entry before it is the start
-    if len(rec.history) >= 2 and rec.history[-2][0] == TaskStatus.RUNNING.value:
+    if len(rec.history) >= 2 and rec.history[-2][0] == _RUNNING:
         return float(rec.history[-2][1])
     return rec.started_at
 
 
+_RUNNING = TaskStatus.RUNNING.value
 _LABELS = {START_LATENCY: ("queue",), RUN_DURATION: ("queue", "status")}
 
 
