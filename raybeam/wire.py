@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import operator
 from typing import Any, TypedDict
 
 import cloudpickle
@@ -30,10 +31,11 @@ class Attempt:
 
     def fields(self) -> tuple[Any, ...]:
         """The attempt as plain values: Ray sends those without pickling."""
-        return tuple(getattr(self, f) for f in _ATTEMPT_FIELDS)
+        values: tuple[Any, ...] = _ATTEMPT_VALUES(self)
+        return values
 
 
-_ATTEMPT_FIELDS = [f.name for f in dataclasses.fields(Attempt)]
+_ATTEMPT_VALUES = operator.attrgetter(*(f.name for f in dataclasses.fields(Attempt)))
 
 
 class Outcome(TypedDict):
