@@ -26,7 +26,6 @@ import raybeam
 from benchmarks.common import (
     Context,
     Row,
-    kill_registry,
     median,
     quiet,
     registry_pid,
@@ -39,6 +38,7 @@ from raybeam import connection, task_queue
 from raybeam.archive import FILE_ROWS, Archive
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
 from raybeam.storage import Storage
+from tests.support.registry import kill_registry
 
 QUEUE = "bench_archive"
 
@@ -68,8 +68,7 @@ def synthesize(storage: Path, count: int, spec: TaskSpec) -> list[str]:
 
 def restart_seconds() -> float:
     """Kill the registry; seconds until its next incarnation answers."""
-    kill_registry(wait=True)
-    connection.forget_registry()
+    kill_registry()
     start = time.perf_counter()
     connection.call("ping")
     return time.perf_counter() - start
@@ -97,7 +96,7 @@ def measure(queue: Any, archived: list[str], samples: int) -> dict[str, float]:
 
 def registry_on(ctx: Context, prepare: Any) -> Path:
     """A fresh registry on a new storage folder, which `prepare(folder)` fills first."""
-    kill_registry(wait=True)
+    kill_registry()
     ctx.storages += 1
     folder = ctx.root / f"storage-{ctx.storages}"
     prepare(folder)

@@ -24,6 +24,7 @@ import ray
 
 from raybeam import connection
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
+from tests.support.registry import kill_registry
 
 log = logging.getLogger("benchmarks")
 
@@ -207,29 +208,11 @@ def registry_handle() -> Any:
 
 def fresh_registry(ctx: Context) -> None:
     """Stop the registry (its containers stop with it) and start one on empty storage."""
-    kill_registry(wait=True)
+    kill_registry()
     ctx.storages += 1
     os.environ["RAYBEAM_STORAGE"] = str(ctx.root / f"storage-{ctx.storages}")
     connection.forget_registry()
     connection.call("ping")
-
-
-def kill_registry(wait: bool = False) -> None:
-    try:
-        handle = registry_handle()
-    except ValueError:
-        return
-    ray.kill(handle, no_restart=True)
-    connection.forget_registry()
-    if not wait:
-        return
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            registry_handle()
-        except ValueError:
-            return
-        time.sleep(0.05)
 
 
 def raylet_pid() -> int:

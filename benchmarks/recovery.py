@@ -11,9 +11,10 @@ import time
 from collections import Counter
 
 import raybeam
-from benchmarks.common import Context, Row, fresh_registry, kill_registry, quiet, say
+from benchmarks.common import Context, Row, fresh_registry, quiet, say
 from benchmarks.throughput import check_complete, make_queue
 from raybeam import connection
+from tests.support.registry import kill_registry
 
 
 def run(ctx: Context) -> None:

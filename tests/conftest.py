@@ -7,6 +7,7 @@ its own processes are stopped at the end.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -64,3 +65,18 @@ def ray_cluster() -> Iterator[RayCluster]:
 def unique_name() -> str:
     """A queue name no other test uses, so tests sharing the registry never collide."""
     return "q_" + uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_cluster: RayCluster) -> Iterator[int]:
+    """The port of the session's one Ray Serve. The HTTP modules deploy their app on it in
+    turn and remove only the app (`tests.support.serving.remove_app`), so Serve's controller
+    and proxy start once, not once per module. `raybeam serve` (test_cli) may stop it on
+    SIGTERM; the next deploy starts it again."""
+    from tests.support.net import free_port
+
+    yield free_port()
+    from ray import serve
+
+    with contextlib.suppress(Exception):  # stopped already, or never started
+        serve.shutdown()  # type: ignore[no-untyped-call]

@@ -17,7 +17,6 @@ import httpx
 import pytest
 
 from raybeam.cli import main, table
-from tests.support.net import free_port
 
 SUFFIX = uuid.uuid4().hex[:6]
 ECHO = f"cli_echo_{SUFFIX}"
@@ -88,11 +87,11 @@ def wait_healthy(url: str, within: float = 60) -> None:
 @pytest.mark.ray
 @pytest.mark.timeout(120)
 def test_serve_detached_then_foreground_until_sigterm(
-    cli_env: dict[str, str], tmp_path: Path
+    cli_env: dict[str, str], tmp_path: Path, serve_port: int
 ) -> None:
     app = tmp_path / "app.py"
     app.write_text(SERVED_APP)
-    port = str(free_port())
+    port = str(serve_port)  # the session's Serve, if an HTTP module started it already
     url = f"http://127.0.0.1:{port}"
 
     detached = raybeam(cli_env, "serve", str(app), "--port", port, "--detach")

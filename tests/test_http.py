@@ -21,7 +21,7 @@ import pytest
 import raybeam
 from raybeam import Output, task_queue
 from raybeam.storage import storage_from_settings
-from tests.support.net import free_port
+from tests.support.serving import remove_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -84,8 +84,8 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(ray_cluster: Any) -> Iterator[Api]:
-    from serve_app.deployment import deploy, undeploy
+def api(ray_cluster: Any, serve_port: int) -> Iterator[Api]:
+    from serve_app.deployment import deploy
 
     names = ("RAYBEAM_AUTH_TOKENS", "RAYBEAM_WEBHOOK_ALLOWED_NETWORKS")
     saved = {name: os.environ.get(name) for name in names}
@@ -96,7 +96,7 @@ def api(ray_cluster: Any) -> Iterator[Api]:
     try:
         for queue in QUEUES:
             queue.register()
-        url = deploy("127.0.0.1", free_port())
+        url = deploy("127.0.0.1", serve_port)
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with (
             httpx.Client(base_url=url, headers=headers, timeout=30) as client,
@@ -111,7 +111,7 @@ def api(ray_cluster: Any) -> Iterator[Api]:
             ]
             if ids:
                 client.request("DELETE", "/v2/task/cancel/", json={"task_ids": ids})
-        undeploy()
+        remove_app()
     finally:
         for name, value in saved.items():
             if value is None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from raybeam import TaskContext, task_queue
-from tests.support.net import free_port
+from tests.support.serving import remove_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -38,19 +38,19 @@ def steps(n: int, context: TaskContext) -> int:
 
 
 @pytest.fixture(scope="module")
-def client(ray_cluster: Any) -> Iterator[httpx.Client]:
-    from serve_app.deployment import deploy, undeploy
+def client(ray_cluster: Any, serve_port: int) -> Iterator[httpx.Client]:
+    from serve_app.deployment import deploy
 
     saved = os.environ.get("RAYBEAM_AUTH_TOKENS")
     os.environ["RAYBEAM_AUTH_TOKENS"] = TOKEN
     try:
         for queue in (echo, steps):
             queue.register()
-        url = deploy("127.0.0.1", free_port())
+        url = deploy("127.0.0.1", serve_port)
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
             yield http
-        undeploy()
+        remove_app()
     finally:
         if saved is None:
             os.environ.pop("RAYBEAM_AUTH_TOKENS", None)

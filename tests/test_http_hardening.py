@@ -23,7 +23,7 @@ import pytest
 
 import raybeam
 from raybeam import task_queue
-from tests.support.net import free_port
+from tests.support.serving import remove_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
@@ -60,8 +60,8 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(ray_cluster: Any) -> Iterator[Api]:
-    from serve_app.deployment import deploy, undeploy
+def api(ray_cluster: Any, serve_port: int) -> Iterator[Api]:
+    from serve_app.deployment import deploy
 
     saved = {name: os.environ.get(name) for name in [*ENV, "RAYBEAM_WEBHOOK_ALLOWED_NETWORKS"]}
     os.environ.update(ENV)
@@ -69,7 +69,7 @@ def api(ray_cluster: Any) -> Iterator[Api]:
     try:
         stuck.register()
         refused.register()
-        port = free_port()
+        port = serve_port
         url = deploy("127.0.0.1", port)
         headers = {"Authorization": f"Bearer {TOKEN}"}
         with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
@@ -78,7 +78,7 @@ def api(ray_cluster: Any) -> Iterator[Api]:
             ids = [t.id for t in raybeam.list_tasks(queue=stuck.name)]
             if ids:
                 client.request("DELETE", "/v2/task/cancel/", json={"task_ids": ids})
-        undeploy()
+        remove_app()
     finally:
         for name, value in saved.items():
             if value is None:

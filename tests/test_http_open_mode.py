@@ -20,7 +20,7 @@ import pytest
 import raybeam
 from raybeam import task_queue
 from raybeam.errors import InvalidConfiguration
-from tests.support.net import free_port
+from tests.support.serving import remove_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120)]
 
@@ -41,13 +41,13 @@ class Api:
 
 
 @pytest.fixture(scope="module")
-def api(ray_cluster: Any) -> Iterator[Api]:
-    from serve_app.deployment import deploy, undeploy
+def api(ray_cluster: Any, serve_port: int) -> Iterator[Api]:
+    from serve_app.deployment import deploy
 
     names = ("RAYBEAM_AUTH_TOKENS", "RAYBEAM_PUBLIC_URL")
     saved = {name: os.environ.get(name) for name in names}
     os.environ.pop("RAYBEAM_AUTH_TOKENS", None)
-    port = free_port()
+    port = serve_port
     os.environ["RAYBEAM_PUBLIC_URL"] = f"http://{PUBLIC}:{port}"
     try:
         stuck.register()
@@ -58,7 +58,7 @@ def api(ray_cluster: Any) -> Iterator[Api]:
             ids = [t.id for t in raybeam.list_tasks(queue=stuck.name)]
             if ids:
                 client.request("DELETE", "/v2/task/cancel/", json={"task_ids": ids})
-        undeploy()
+        remove_app()
     finally:
         for name, value in saved.items():
             if value is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import ray
 
+from raybeam import connection
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE
 from raybeam.connection import call
 
@@ -18,20 +19,34 @@ def live_registry() -> Any:
 
 
 def kill_registry(within: float = 30) -> None:
-    """Kill the registry and return once it is dead. `ray.kill` returns before the actor
-    dies, and the client's cached handle still reaches a dying registry: a call made at once
-    may be answered by the old one, and then nothing starts the next one."""
-    old = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
-    ray.kill(old)
+    """Kill the registry, if one runs, and return once it is dead and its name is free.
+    `ray.kill` returns before the actor dies, and a handle still reaches a dying registry: a
+    call made at once may be answered by the old one (and then nothing starts the next one),
+    or a new registry may be asked for by the old one's name and be handed the old one."""
+    try:
+        old = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+    except ValueError:
+        return
+    ray.kill(old, no_restart=True)
+    connection.forget_registry()
     deadline = time.monotonic() + within
     while True:
         try:
             ray.get(old.ping.remote(), timeout=5)
         except ray.exceptions.RayActorError:
-            return
+            break
         except ray.exceptions.GetTimeoutError:
             pass
         assert time.monotonic() < deadline, "the killed registry still answers"
+        time.sleep(0.05)
+    while True:
+        try:
+            named = ray.get_actor(REGISTRY_NAME, namespace=REGISTRY_NAMESPACE)
+        except ValueError:
+            return
+        if named._actor_id != old._actor_id:  # a next registry already
+            return
+        assert time.monotonic() < deadline, "the killed registry still holds its name"
         time.sleep(0.05)
 
 
