@@ -172,7 +172,7 @@ class TaskRecord:
 
     def stored(self) -> list[Any]:
         """The record as the journal stores it: its fields' values in `STORED_FIELDS` order,
-        the spec as its cached JSON. A third of the bytes of `to_json()`, and encoded in a
+        the spec as its cached JSON. Two thirds of the bytes of `to_json()`, encoded in a
         third of the time (the registry encodes a record at each of its changes)."""
         return [codec.frozen_json(self.spec), *_STORED_VALUES(self)]
 
