@@ -60,6 +60,10 @@ def frozen_json(value: Any) -> orjson.Fragment:
         return cached[1]
     if len(_FROZEN) >= FROZEN_CACHE:
         _FROZEN.clear()
+        # the fragments handed out lately stay known a while (a snapshot chunk of records
+        # is built, then written)
+        _EARLIER_FRAGMENTS.clear()
+        _EARLIER_FRAGMENTS.update(_FRAGMENTS)
         _FRAGMENTS.clear()
     raw = dumps_bytes(value)
     fragment = orjson.Fragment(raw)
@@ -72,6 +76,7 @@ def frozen_json(value: Any) -> orjson.Fragment:
 #: the standard library's encoder, which cannot write a fragment itself)
 _FROZEN: dict[int, tuple[Any, orjson.Fragment]] = {}
 _FRAGMENTS: dict[int, tuple[orjson.Fragment, bytes]] = {}
+_EARLIER_FRAGMENTS: dict[int, tuple[orjson.Fragment, bytes]] = {}
 FROZEN_CACHE = 4096
 
 
@@ -104,7 +109,7 @@ def _plain(value: Any) -> Any:
         return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
         return value.value
-    known = _FRAGMENTS.get(id(value))
+    known = _FRAGMENTS.get(id(value)) or _EARLIER_FRAGMENTS.get(id(value))
     if known is not None and known[0] is value:
         return json.loads(known[1])
     raise TypeError(f"{type(value).__name__} is not JSON")

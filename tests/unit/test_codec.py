@@ -39,3 +39,15 @@ def test_the_fallback_writes_what_orjson_reads_back() -> None:
     body = codec.dumps_each([{"a": 1}, {"b": 2**70}, {"c": "é"}])
     assert codec.loads(b"[" + body + b"]") == [{"a": 1}, {"b": 2**70}, {"c": "é"}]
     assert codec.dumps_each([{"a": 1}]) == b'{"a":1}'
+
+
+def test_a_fragment_handed_out_before_the_cache_filled_still_encodes_in_the_fallback() -> None:
+    specs = [TaskSpec(function=f"f{i}") for i in range(codec.FROZEN_CACHE + 10)]
+    first = codec.frozen_json(specs[0])
+    for spec in specs[1:]:  # the cache fills and starts again while `first` waits
+        codec.frozen_json(spec)
+    body = codec.dumps_each([{"d": [first, 2**70]}])  # orjson refuses 2**70: the fallback
+    assert codec.loads(b"[" + body + b"]")[0]["d"] == [
+        {**codec.loads(codec.dumps(specs[0]))},
+        2**70,
+    ]
