@@ -266,3 +266,21 @@ def test_a_commit_with_nothing_staged_writes_nothing(tmp_path: Path) -> None:
     asyncio.run(scenario())
     j.close()
     assert_loads(tmp_path, {"a": 1})
+
+
+def test_records_of_both_stored_forms_load_and_the_later_one_wins(tmp_path: Path) -> None:
+    from raybeam.record import TaskRecord, TaskSpec, TaskStatus
+    from raybeam.recovery import load_state
+
+    spec = TaskSpec(function="f", ray_options={"num_cpus": 0.5})
+    older, newer = (TaskRecord(id=i, queue="q", spec=spec, created_at=1.0) for i in "ab")
+    j = journal(tmp_path)
+    # as a raybeam before the list form wrote them, then as this one writes them
+    j.append([{"t": "task", "k": r.id, "d": r.to_json()} for r in (older, newer)])
+    newer.transition(TaskStatus.RUNNING, now=2.0)
+    j.append([{"t": "task", "k": "b", "d": newer.stored()}])
+    j.close()
+    state = load_state(journal(tmp_path))
+    assert state.problems == []
+    assert state.tasks == {"a": older, "b": newer}
+    assert state.tasks["a"].spec is state.tasks["b"].spec  # equal specs are shared again
