@@ -6,7 +6,9 @@ The baseline in the same run is Ray's floor for the same traffic: a bare actor (
 records, no journal, no lanes) that takes the same `map()` batch, sends it to Ray in the
 packs raybeam would send (48 tasks each, their outcomes returned together) and waits for
 every outcome. Whatever raybeam does per task comes on top of that floor. Run it on two
-checkouts (or with `RAYBEAM_FSYNC=0`) to compare: `python -m benchmarks.registry_cpu`."""
+checkouts (or with `RAYBEAM_FSYNC=0`) to compare: `python -m benchmarks.registry_cpu`.
+The three run in turn for RAYBEAM_BENCH_ROUNDS rounds (3), and the medians are compared:
+one run of either swings by ±25% on a small machine."""
 
 from __future__ import annotations
 
@@ -17,12 +19,15 @@ import io
 import logging
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
 TASKS = int(os.environ.get("RAYBEAM_BENCH_TASKS", "4000"))
+#: rounds of (map(), .put() loop, Ray's floor); medians are reported
+ROUNDS = int(os.environ.get("RAYBEAM_BENCH_ROUNDS", "3"))
 PACK = 48
 
 
@@ -136,27 +141,38 @@ def main() -> None:
             "map()": lambda: queue.map(list(range(TASKS))),
             ".put() loop": lambda: [queue.put(i) for i in range(TASKS)],
         }
-        cost = {}
-        for label, enqueue in shapes.items():
-            before, t0 = registry(), time.monotonic()
-            with contextlib.redirect_stdout(io.StringIO()):
-                tasks = enqueue()
-            raybeam.wait(tasks)
-            cost[label] = report(f"registry, {label}", time.monotonic() - t0, before, registry())
-
         floor = floor_actor()
         floor_cpu = process_cpu(ray.get(floor.pid.remote(), timeout=60))
         items = queue._items([((i,), {}) for i in range(TASKS)])
         ray.get(floor.submit.remote(items[:500]))  # warm, as the registry was
         ray.get(floor.wait_for.remote(500), timeout=60)
-        before, t0 = floor_cpu(), time.monotonic()
-        ray.get(floor.submit.remote(items))
-        ray.get(floor.wait_for.remote(500 + TASKS), timeout=600)
-        errors = ray.get(floor.__ray_call__.remote(lambda self: self.errors))
-        assert not errors, errors
-        base = report("Ray's floor, map()", time.monotonic() - t0, before, floor_cpu())
+        sent = 500
+        cost: dict[str, list[float]] = {}
+        for _ in range(ROUNDS):  # interleaved: this machine's speed drifts between minutes
+            for label, enqueue in shapes.items():
+                before, t0 = registry(), time.monotonic()
+                with contextlib.redirect_stdout(io.StringIO()):
+                    tasks = enqueue()
+                raybeam.wait(tasks)
+                seconds = time.monotonic() - t0
+                cost.setdefault(label, []).append(
+                    report(f"registry, {label}", seconds, before, registry())
+                )
+            before, t0 = floor_cpu(), time.monotonic()
+            ray.get(floor.submit.remote(items))
+            sent += TASKS
+            ray.get(floor.wait_for.remote(sent), timeout=600)
+            errors = ray.get(floor.__ray_call__.remote(lambda self: self.errors))
+            assert not errors, errors
+            seconds = time.monotonic() - t0
+            cost.setdefault("floor", []).append(
+                report("Ray's floor, map()", seconds, before, floor_cpu())
+            )
+        base = statistics.median(cost.pop("floor"))
+        print(f"medians of {ROUNDS} rounds: Ray's floor {1000 * base:.3f} ms per task")
         for label, seconds in cost.items():
-            print(f"registry {label} / Ray's floor: {seconds / base:.2f}x")
+            mid = statistics.median(seconds)
+            print(f"registry {label}: {1000 * mid:.3f} ms per task, {mid / base:.2f}x the floor")
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
