@@ -62,6 +62,11 @@ async def keep_the_collector_young() -> None:
             gc.unfreeze()
             gc.collect()
             last_full = time.monotonic()
+        else:
+            # young garbage is collected before it is frozen (at most YOUNG_COLLECTION
+            # objects are looked at): a lightly loaded registry makes too few allocations a
+            # second for a young collection to come on its own
+            gc.collect(0)
         gc.freeze()
 
 
