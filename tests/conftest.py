@@ -73,9 +73,9 @@ def serve_port(ray_cluster: RayCluster) -> Iterator[int]:
     turn and remove only the app (`tests.support.serving.remove_app`), so Serve's controller
     and proxy start once, not once per module. `raybeam serve` (test_cli) may stop it on
     SIGTERM; the next deploy starts it again."""
-    from tests.support.net import free_port
+    from tests.support.net import quiet_port
 
-    yield free_port()
+    yield quiet_port()  # kept for the whole session: not from the range connections draw on
     from ray import serve
 
     with contextlib.suppress(Exception):  # stopped already, or never started
