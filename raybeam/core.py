@@ -98,7 +98,7 @@ class RegistryCore:
         #: per hook name, the middleware that define it (the others' hooks do nothing: the
         #: hot path calls only these)
         self.hooked = {
-            name: [(h, getattr(h, name)) for h in self.hooks if _defines(h, name)]
+            name: [getattr(h, name) for h in self.hooks if _defines(h, name)]
             for name in ("on_enqueued", "on_started", "on_transition", "on_final")
         }
 
@@ -338,7 +338,7 @@ class RegistryCore:
             self._set_status(rec, COMPLETE)
             return rec
         reason = outcome["error"] or "the attempt failed"
-        asked = (self._ask(hook, "retry_delay", rec, outcome) for hook in self.hooks)
+        asked = (self._ask(hook.retry_delay, rec, outcome) for hook in self.hooks)
         delays = [d for d in asked if d is not None]
         if not delays:
             self.fail(rec, FAILED, reason)
@@ -403,22 +403,19 @@ class RegistryCore:
         self.hook("on_final", rec)
 
     def hook(self, name: str, rec: TaskRecord, *args: Any) -> None:
-        """Call hook `name` of every middleware that defines it; one that raises is logged
-        (a hook never fails the task)."""
-        for hook, method in self.hooked[name]:
-            try:
-                method(rec, *args)
-            except Exception:
-                log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
+        """Call hook `name` of every middleware that defines it."""
+        for method in self.hooked[name]:
+            self._ask(method, rec, *args)
 
     @staticmethod
-    def _ask(hook: Middleware, name: str, rec: TaskRecord, *args: Any) -> Any:
-        """`hook.<name>(rec, *args)`; one that raises is logged and answers None: a hook
-        never fails the task."""
+    def _ask(method: Callable[..., Any], rec: TaskRecord, *args: Any) -> Any:
+        """`method(rec, *args)`, a middleware's hook; one that raises is logged and answers
+        None: a hook never fails the task."""
         try:
-            return getattr(hook, name)(rec, *args)
+            return method(rec, *args)
         except Exception:
-            log.exception("hook %s.%s failed for task %s", type(hook).__name__, name, rec.id)
+            owner = type(getattr(method, "__self__", method)).__name__
+            log.exception("hook %s.%s failed for task %s", owner, method.__name__, rec.id)
             return None
 
     def held(self, queue: str) -> Counter[str]:

@@ -78,7 +78,9 @@ def item(task_id: str, **overrides: Any) -> dict[str, Any]:
     return {"id": task_id, "payload": "p", "overrides": overrides}
 
 
-def make_core(root: Path) -> RegistryCore:
+def make_core(
+    root: Path, hooks: Callable[[Host], list[middleware.Middleware]] = middleware.default
+) -> RegistryCore:
     storage = Storage(str(root / "storage"), signing_key="k")
     return RegistryCore(
         Journal(storage.fs, storage.path("registry")),
@@ -87,13 +89,17 @@ def make_core(root: Path) -> RegistryCore:
         retention_seconds=86400,
         incarnation="test",
         dispatch=FakeDispatch,
-        middleware=middleware.default,
+        middleware=hooks,
     )
 
 
-def run(root: Path, scenario: Callable[[RegistryCore], Awaitable[None]]) -> None:
+def run(
+    root: Path,
+    scenario: Callable[[RegistryCore], Awaitable[None]],
+    hooks: Callable[[Host], list[middleware.Middleware]] = middleware.default,
+) -> None:
     async def main() -> None:
-        core = make_core(root)
+        core = make_core(root, hooks)
         await core.boot()
         try:
             await scenario(core)
@@ -257,6 +263,29 @@ def test_an_outcome_that_cannot_be_applied_fails_its_task_alone(tmp_path: Path) 
         assert core.tasks["c"].result == 3
 
     run(tmp_path, scenario)
+
+
+def test_a_hook_that_raises_is_logged_and_its_task_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(middleware.Middleware):
+        def on_transition(self, rec: TaskRecord, old: TaskStatus, new: TaskStatus) -> None:
+            raise RuntimeError("a hook with a bug")
+
+        def on_final(self, rec: TaskRecord) -> None:
+            raise RuntimeError("a hook with a bug")
+
+    async def scenario(core: RegistryCore) -> None:
+        await Intake(core).register_queue(definition(), b"blob")
+        await Intake(core).submit("q", [item("a")])
+        (sent,) = dispatched(core).submitted
+        await core.settle("a", sent[1], ok(7))
+        assert core.tasks["a"].status is S.COMPLETE and core.tasks["a"].result == 7
+
+    run(tmp_path, scenario, lambda host: [*middleware.default(host), Broken(host)])
+    failures = [r.getMessage() for r in caplog.records if "a hook with a bug" in str(r.exc_info)]
+    assert "hook Broken.on_transition failed for task a" in failures
+    assert "hook Broken.on_final failed for task a" in failures
 
 
 def test_a_task_waiting_to_retry_can_fail_and_be_cancelled(tmp_path: Path) -> None:
