@@ -4,13 +4,15 @@ Layout under `<storage>/registry/`:
   journal/<seq>.jsonl   journal segments, replayed in order; each line one entry
   snapshot/<seq>.json   every live entry as of segment <seq>; segments up to it are removed
 
-An entry is {"t": kind, "k": key, "d": data}; a later entry for the same (kind, key) replaces
-an earlier one and `d = null` deletes it. A task record's data is the list of its values
-(`TaskRecord.stored`); the object form of `TaskRecord.to_json` loads as well.
+An entry is [kind, key, data]; a later entry for the same (kind, key) replaces an earlier
+one and `data = null` deletes it. A segment's line is one batch, the JSON array of its entries
+(earlier raybeams wrote a line per entry, as {"t": kind, "k": key, "d": data}, which loads as
+well); a snapshot is the array of the live entries. A task record's data is the list of its
+values (`TaskRecord.stored`); the object form of `TaskRecord.to_json` loads as well.
 
 On a local disk a segment is an append-only file that takes many batches (one write each);
-a crash can leave at most a torn last line, which loading skips, and the next registry
-starts a new segment. Each batch is fsync'ed before `append` returns (one fsync per batch,
+a crash can leave at most a torn last line, a batch whose `append` had not returned, which
+loading skips, and the next registry starts a new segment. Each batch is fsync'ed before `append` returns (one fsync per batch,
 however many changes it holds), unless `RAYBEAM_FSYNC=0`, so an acknowledged change
 survives a power loss. Object stores cannot append, so there every batch is a segment of its
 own, created at its final key in one request that fails when the key exists (S3: a PUT with
@@ -129,9 +131,8 @@ class Journal:
         for seq, path in reversed(self._seq_files("snapshot", ".json")):
             try:
                 with self.fs.open(path, "rb") as f:
-                    entries = codec.loads(f.read())
-                for e in entries:
-                    state[(e["t"], e["k"])] = e["d"]
+                    changes = _changes(codec.loads(f.read()))
+                state = {key: data for key, data in changes if data is not None}
                 base = seq
                 break
             except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -150,17 +151,17 @@ class Journal:
                 if not line.strip():
                     continue
                 try:
-                    e = codec.loads(line)
-                    key = (e["t"], e["k"])
+                    changes = _changes(codec.loads(line))
                 except (ValueError, KeyError, TypeError):
                     problems.append(
                         f"journal {posixpath.basename(path)} line {n} unreadable; skipped"
                     )
                     continue
-                if e.get("d") is None:
-                    state.pop(key, None)
-                else:
-                    state[key] = e["d"]
+                for key, data in changes:
+                    if data is None:
+                        state.pop(key, None)
+                    else:
+                        state[key] = data
             self.seq = max(self.seq, seq)
         self.seq = max(self.seq, base)
         for problem in problems:
@@ -169,12 +170,10 @@ class Journal:
 
     def append(self, entries: Iterable[Entry]) -> int:
         """Commit one batch; returns the sequence number of the segment that holds it."""
-        return self.append_lines(
-            b"".join(codec.entry_line(e["t"], e["k"], e["d"]) for e in entries)
-        )
+        return self.append_lines(codec.batch_line([(e["t"], e["k"], e["d"]) for e in entries]))
 
     def append_lines(self, text: bytes) -> int:
-        """`append` of a batch encoded already: journal lines (`codec.entry_line`)."""
+        """`append` of a batch encoded already: its journal line (`codec.batch_line`)."""
         if self.local:
             if self.segment is None or self.segment_batches >= SEGMENT_BATCHES:
                 self._rotate()
@@ -272,6 +271,24 @@ class Journal:
                 "again (import its app and call .put(), or run `raybeam serve`) to store it afresh",
             )
         return data
+
+
+def _changes(value: Any) -> list[tuple[tuple[str, str], Any]]:
+    """The ((kind, key), data) changes of a journal line or a snapshot: an array of entries
+    [kind, key, data], or one entry {"t": kind, "k": key, "d": data} (either form inside an
+    array); TypeError or KeyError for anything else."""
+    out = []
+    for entry in value if isinstance(value, list) else [value]:
+        if isinstance(entry, dict):
+            kind, key, data = entry["t"], entry["k"], entry.get("d")
+        elif isinstance(entry, list) and len(entry) == 3:
+            kind, key, data = entry
+        else:
+            raise TypeError(f"a journal entry is [kind, key, data], not {entry!r:.80}")
+        if not isinstance(kind, str) or not isinstance(key, str):
+            raise TypeError(f"a journal entry's kind and key are strings, not {entry!r:.80}")
+        out.append(((kind, key), data))
+    return out
 
 
 def replace_durably(path: str, data: bytes) -> None:
@@ -409,9 +426,9 @@ class GroupCommit:
         # encoded here, on the loop: the batch is written in a thread while records go on
         # changing (orjson walks a record in a few microseconds)
         encode = self.encode
-        text = b"".join([codec.entry_line(t, k, encode(t, v)) for (t, k), v in batch.items()])
+        text = codec.batch_line([(t, k, encode(t, v)) for (t, k), v in batch.items()])
         delay = 0.1
-        while text:  # a commit with nothing staged writes nothing
+        while batch:  # a commit with nothing staged writes nothing
             try:
                 # one small write to an open file needs no thread hop; an fsync (a millisecond
                 # or more) or an object store would hold the registry's loop
@@ -436,7 +453,7 @@ class GroupCommit:
             for start in range(0, len(items), SNAPSHOT_CHUNK):
                 chunk = items[start : start + SNAPSHOT_CHUNK]
                 # records are read as they are now: nothing changes them within one chunk
-                entries = [{"t": t, "k": k, "d": self.encode(t, v)} for t, k, v in chunk]
+                entries = [(t, k, self.encode(t, v)) for t, k, v in chunk]
                 parts.append(codec.dumps_each(entries))
                 await asyncio.sleep(0)  # calls and batches go on between chunks
             await asyncio.to_thread(self.journal.write_snapshot, parts, seq)

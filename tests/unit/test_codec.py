@@ -41,6 +41,18 @@ def test_the_fallback_writes_what_orjson_reads_back() -> None:
     assert codec.dumps_each([{"a": 1}]) == b'{"a":1}'
 
 
+def test_a_batch_line_is_one_array_and_a_refused_entry_goes_alone_to_the_fallback() -> None:
+    entries = [("task", "a", {1: "x"}), ("task", "b", 2**70), ("payload", "c", "é")]
+    line = codec.batch_line(entries)
+    assert line.endswith(b"]\n") and line.count(b"\n") == 1
+    assert codec.loads(line) == [
+        ["task", "a", {"1": "x"}],
+        ["task", "b", 2**70],
+        ["payload", "c", "é"],
+    ]
+    assert codec.batch_line([("t", "k", None)]) == b'[["t","k",null]]\n'
+
+
 def test_a_fragment_handed_out_before_the_cache_filled_still_encodes_in_the_fallback() -> None:
     specs = [TaskSpec(function=f"f{i}") for i in range(codec.FROZEN_CACHE + 10)]
     first = codec.frozen_json(specs[0])

@@ -84,7 +84,8 @@ def test_every_batch_is_fsynced_before_append_returns(tmp_path: Path, events: Ev
 
 
 def _line(i: int) -> str:
-    return json.dumps({"t": "task", "k": str(i), "d": {"i": i}}, separators=(",", ":")) + "\n"
+    """The journal line of a batch of entry `i` alone."""
+    return json.dumps([["task", str(i), {"i": i}]], separators=(",", ":")) + "\n"
 
 
 def test_fsync_can_be_turned_off(

@@ -54,6 +54,39 @@ def test_torn_and_corrupt_files_are_skipped_and_reported(tmp_path: Path) -> None
     assert any("snapshot" in p for p in problems)
 
 
+def test_a_batch_is_one_line_and_lines_of_one_entry_load_beside_it(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    j.append([{"t": "task", "k": "a", "d": 1}, {"t": "payload", "k": "a", "d": "p"}])
+    j.close()
+    folder = tmp_path / "registry" / "journal"
+    [segment] = folder.iterdir()
+    assert segment.read_bytes() == b'[["task","a",1],["payload","a","p"]]\n'
+    # as raybeams before batch lines wrote them: a line per entry
+    (folder / f"{2:016d}.jsonl").write_text(
+        '{"t": "task", "k": "a", "d": 2}\n{"t": "payload", "k": "a", "d": null}\n'
+    )
+    (folder / f"{3:016d}.jsonl").write_text(
+        '[["task", "b", 1], {"t": "task", "k": "c", "d": 1}]\n'
+        '[["task", "d", 1], ["task", "e"]]\n'  # a bad entry: the whole batch is skipped
+        '[["task", ["not", "a", "key"], 1]]\n'
+        '"neither"\n'
+    )
+    state, problems = journal(tmp_path).load()
+    assert state == {("task", "a"): 2, ("task", "b"): 1, ("task", "c"): 1}
+    assert [p.split(" line ")[1] for p in problems] == [
+        "2 unreadable; skipped",
+        "3 unreadable; skipped",
+        "4 unreadable; skipped",
+    ]
+
+
+def test_a_snapshot_of_either_entry_form_loads(tmp_path: Path) -> None:
+    j = journal(tmp_path)
+    j.append([{"t": "task", "k": str(i), "d": i} for i in range(3)])
+    j.write_snapshot([b'["task","0",0],{"t":"task","k":"1","d":1}'], j.seal())
+    assert journal(tmp_path).load() == ({("task", "0"): 0, ("task", "1"): 1}, [])
+
+
 def test_blobs_are_written_once(tmp_path: Path) -> None:
     j = journal(tmp_path)
     name = f"{blob_digest(b'one')}.pkl"

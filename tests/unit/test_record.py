@@ -86,7 +86,7 @@ def test_the_stored_form_round_trips_and_names_every_field() -> None:
     rec = record()
     rec.transition(S.RUNNING, now=101.0)
     rec.result, rec.outputs = {"k": [1, 2.5]}, [{"id": "o", "key": "k"}]
-    stored = codec.loads(codec.entry_line("task", rec.id, rec.stored()))["d"]
+    [[_, _, stored]] = codec.loads(codec.batch_line([("task", rec.id, rec.stored())]))
     assert isinstance(stored, list) and stored[0] == {"function": "f", **_spec_defaults()}
     assert TaskRecord.from_json(stored) == rec
     assert sorted(STORED_FIELDS) == sorted(f.name for f in dataclasses.fields(TaskRecord))
