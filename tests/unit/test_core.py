@@ -18,6 +18,7 @@ from raybeam.errors import IdempotencyConflict, QueueFull, QueueNotFound, TaskNo
 from raybeam.host import Host
 from raybeam.intake import Intake
 from raybeam.journal import Journal
+from raybeam.middleware.age_limit import SWEEP_AFTER, AgeLimit
 from raybeam.middleware.retries import Retries, backoff
 from raybeam.reads import Reads
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
@@ -151,7 +152,7 @@ def test_a_task_walks_to_complete_with_counters_timers_and_waiters(tmp_path: Pat
     async def scenario(core: RegistryCore) -> None:
         await Intake(core).register_queue(definition(timeout=60), b"blob")
         await Intake(core).submit("q", [item("a")])
-        assert core.timers.has("a")  # the ttl
+        assert [task for line in age_limit(core).lines.values() for _, task in line] == ["a"]
         (_, run_id), *_ = dispatched(core).submitted
         core.started("a", run_id, "worker-1")
         assert core.running["q"] == 1 and core.timers.has("a", "timeout")
@@ -480,6 +481,50 @@ def test_a_delayed_task_waits_and_its_ttl_counts_from_then(tmp_path: Path) -> No
         await asyncio.sleep(1.7)
         assert [t for t, _ in dispatched(core).submitted] == ["a"]  # b was cancelled
         assert rec.status is S.PENDING  # the ttl of 1 s counts from the scheduled time
+
+    run(tmp_path, scenario)
+
+
+def age_limit(core: RegistryCore) -> AgeLimit:
+    return next(hook for hook in core.hooks if isinstance(hook, AgeLimit))
+
+
+def test_ttls_expire_waiting_tasks_and_pass_over_started_and_remade_ones(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        intake = Intake(core)
+        await intake.register_queue(definition(ttl=1), b"blob")
+        await intake.submit("q", [item("a"), item("b"), item("c", ttl=2), item("d")])
+        assert sorted(age_limit(core).lines) == [1, 2]  # a line per ttl
+        core.started("b", dict(dispatched(core).submitted)["b"], "w")
+        await intake.cancel(["d"])
+        core.forget(core.tasks["d"])
+        await asyncio.sleep(0.5)
+        await intake.submit("q", [item("d")])  # the same id, made again: its own deadline
+        await asyncio.sleep(0.7)
+        states = {t: core.tasks[t].status for t in "abcd"}
+        assert states == {"a": S.EXPIRED, "b": S.RUNNING, "c": S.PENDING, "d": S.PENDING}
+        assert "ttl of 1 s" in (core.tasks["a"].failure_reason or "")
+        await asyncio.sleep(1.0)
+        assert core.tasks["c"].status is S.EXPIRED and core.tasks["d"].status is S.EXPIRED
+        assert age_limit(core).lines == {} and age_limit(core).size == 0
+
+    run(tmp_path, scenario)
+
+
+def test_the_ttl_lines_hold_about_twice_the_waiting_tasks_at_most(tmp_path: Path) -> None:
+    async def scenario(core: RegistryCore) -> None:
+        intake = Intake(core)
+        await intake.register_queue(definition(cap=100_000, ttl=3600), b"blob")
+        ages, sizes = age_limit(core), []
+        for batch in range(12):
+            ids = [f"{batch}-{i}" for i in range(1000)]
+            await intake.submit("q", [item(t) for t in ids])
+            sent = dict(dispatched(core).submitted)
+            for t in ids:
+                core.started(t, sent[t], "w")
+            sizes.append(ages.size)
+        assert ages.kept <= 1000 and max(sizes) <= 2 * 1000 + SWEEP_AFTER
+        assert max(sizes) < 12_000  # swept: started tasks did not stay
 
     run(tmp_path, scenario)
 
