@@ -164,7 +164,7 @@ class RegistryCore:
 
     def release(self, rec: TaskRecord) -> None:
         """Hand `rec` to dispatch now, or when its schedule comes (a delay or run_at)."""
-        wait = (rec.scheduled_for or 0.0) - time.time()
+        wait = 0.0 if rec.scheduled_for is None else rec.scheduled_for - time.time()
         if rec.status is PENDING and wait > 0:
             self.timers.later("delay", rec.id, wait, lambda: self._due(rec.id))
         else:
@@ -308,7 +308,7 @@ class RegistryCore:
             if rec is not None:
                 done.append(rec)
         if done:
-            await self.persist(*done)
+            await self.commits.commit()  # each was staged by its last status change
             for rec in done:
                 self._announce(rec)
 
@@ -371,20 +371,21 @@ class RegistryCore:
         rec.transition(new)
         # staged with every change, so a batch never holds a side effect of a status change
         # (say, the deletion of a final task's arguments) without the status itself
-        self.stage(rec)
+        self.commits.stage("task", rec.id, rec)
         if new.is_final:
             self.timers.cancel_all(rec.id)
         elif old is PENDING:
             self.timers.cancel("ttl", rec.id)  # a started task cannot expire
         elif old is RUNNING:
             self.timers.cancel("timeout", rec.id)  # an ended attempt cannot time out
-        for fut in self.watchers.pop(rec.id, []):
-            if not fut.done():
-                fut.set_result(None)
+        if rec.id in self.watchers:
+            for fut in self.watchers.pop(rec.id):
+                if not fut.done():
+                    fut.set_result(None)
         self.hook("on_transition", rec, old, new)
         if new is RUNNING or old is RUNNING:
             self.running[rec.queue] += (new is RUNNING) - (old is RUNNING)
-        held = self.held(rec.queue)
+        held = self.by_status.get(rec.queue) or self.held(rec.queue)
         held[old._value_] -= 1  # `.value` takes five times as long, on the hot path
         held[new._value_] += 1
         if new.is_final:
@@ -397,25 +398,29 @@ class RegistryCore:
 
     def _announce(self, rec: TaskRecord) -> None:
         """`rec` is final and stored so: wake its waiters and the hooks."""
-        for fut in self.waiters.pop(rec.id, []):
-            if not fut.done():
-                fut.set_result(None)
+        if rec.id in self.waiters:
+            for fut in self.waiters.pop(rec.id):
+                if not fut.done():
+                    fut.set_result(None)
         self.hook("on_final", rec)
 
     def hook(self, name: str, rec: TaskRecord, *args: Any) -> None:
-        """Call hook `name` of every middleware that defines it."""
+        """Call hook `name` of every middleware that defines it; one that raises is logged:
+        a hook never fails the task."""
         for method in self.hooked[name]:
-            self._ask(method, rec, *args)
+            try:  # here, not through `_ask`: hooks run several times for every task
+                method(rec, *args)
+            except Exception:
+                _hook_failed(method, rec)
 
     @staticmethod
     def _ask(method: Callable[..., Any], rec: TaskRecord, *args: Any) -> Any:
         """`method(rec, *args)`, a middleware's hook; one that raises is logged and answers
-        None: a hook never fails the task."""
+        None."""
         try:
             return method(rec, *args)
         except Exception:
-            owner = type(getattr(method, "__self__", method)).__name__
-            log.exception("hook %s.%s failed for task %s", owner, method.__name__, rec.id)
+            _hook_failed(method, rec)
             return None
 
     def held(self, queue: str) -> Counter[str]:
@@ -435,10 +440,10 @@ class RegistryCore:
     def add(self, rec: TaskRecord, payload: str) -> None:
         """A new record and its arguments, staged; started by `stored`."""
         self.tasks[rec.id] = rec
-        self.held(rec.queue)[rec.status._value_] += 1
+        (self.by_status.get(rec.queue) or self.held(rec.queue))[rec.status._value_] += 1
         self.payloads[rec.id] = payload
         self.commits.stage("payload", rec.id, payload)
-        self.stage(rec)
+        self.commits.stage("task", rec.id, rec)
         self.counts[rec.queue] += 1
 
     def started(self, task_id: str, run: str, container_id: str) -> None:
@@ -463,6 +468,11 @@ class RegistryCore:
         for fut in self.watchers.pop(rec.id, []):
             if not fut.done():
                 fut.set_result(None)
+
+
+def _hook_failed(method: Callable[..., Any], rec: TaskRecord) -> None:
+    owner = type(getattr(method, "__self__", method)).__name__
+    log.exception("hook %s.%s failed for task %s", owner, method.__name__, rec.id)
 
 
 def _defines(hook: Middleware, name: str) -> bool:

@@ -128,6 +128,10 @@ class Dispatcher:
         self.dirty: set[Key] = set()
         self.outbox_flush = False
         self.probed: set[Key] = set()
+        #: lanes whose probe has not told yet
+        self.probes: set[Key] = set()
+        #: per spec (by identity): the lane key of its tasks, worked out once
+        self.keys: dict[int, tuple[Any, Key]] = {}
         #: recent run time of a queue's tasks (moving average), which decides packing
         self.durations: dict[str, float] = {}
         self.blob_refs: dict[str, Any] = {}
@@ -148,8 +152,9 @@ class Dispatcher:
     def observe(self, queue: str, duration: float) -> None:
         seen = self.durations.get(queue, duration)
         self.durations[queue] = 0.8 * seen + 0.2 * duration
-        for key in [k for k, lane in self.lanes.items() if k[0] == queue and lane.probing]:
-            self._release(key)  # the probe has told
+        if self.probes:
+            for key in [k for k in self.probes if k[0] == queue]:
+                self._release(key)  # the probe has told
 
     def containers(self, queue: str) -> int | None:
         pools = [p for (q, _), p in self.pools.items() if q == queue]
@@ -170,11 +175,13 @@ class Dispatcher:
             self.host.fail(rec, TaskStatus.FAILED, f"the task's {missing} were not found")
             return
         rec.run = self.host.new_run()
-        options = dict(rec.spec.ray_options)
+        options = rec.spec.ray_options  # never changed: a spec is shared by many records
+        key = None
         if rec.spec.gpu_types:
             gpu_type = pick_gpu_type(rec.spec.gpu_types, self._cluster_resources())
             if gpu_type is not None:
-                options["accelerator_type"] = gpu_type
+                options = {**options, "accelerator_type": gpu_type}
+                key = (rec.queue, rec.spec.max_calls, codec.canonical(options))
         attempt = Attempt(
             task_id=rec.id,
             queue=rec.queue,
@@ -189,12 +196,26 @@ class Dispatcher:
         if pool is not None:
             pool.enqueue(attempt, rec.spec.function, blob, options, rec.priority)
             return
-        key = (rec.queue, rec.spec.max_calls, codec.canonical(options))
+        if key is None:
+            key = self._lane_key(rec)
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane()
         lane.push(rec.priority, (rec, blob, attempt, options), ahead)
         self._mark(key)
+
+    def _lane_key(self, rec: TaskRecord) -> Key:
+        """The lane of `rec` by its queue and spec's Ray options (worked out once per spec:
+        the records of a queue share theirs)."""
+        spec = rec.spec
+        known = self.keys.get(id(spec))
+        if known is not None and known[0] is spec and known[1][0] == rec.queue:
+            return known[1]
+        if len(self.keys) >= 4096:
+            self.keys.clear()
+        key = (rec.queue, spec.max_calls, codec.canonical(spec.ray_options))
+        self.keys[id(spec)] = (spec, key)
+        return key
 
     def stop(self, rec: TaskRecord) -> None:
         ref = self.refs.pop(rec.id, None)
@@ -255,6 +276,7 @@ class Dispatcher:
                 # A big backlog on a queue whose task length is unknown: start a few, and
                 # decide how to send the rest once they tell (or PROBE_WAIT has passed).
                 self.probed.add(key)
+                self.probes.add(key)
                 lane.probing = True
                 asyncio.get_running_loop().call_later(PROBE_WAIT, self._release, key)
             # tasks of the queue not started yet, those sent already included: puts arrive a
@@ -312,6 +334,7 @@ class Dispatcher:
 
     def _release(self, key: Key) -> None:
         lane = self.lanes.get(key)
+        self.probes.discard(key)
         if lane is not None and lane.probing:
             lane.probing = False
             self._mark(key)

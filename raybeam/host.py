@@ -103,13 +103,15 @@ class Timers:
             self.cancelled = 0
 
     def cancel(self, kind: str, task_id: str) -> None:
-        entry = self._drop(kind, task_id)
-        if entry is not None:
-            self._mark(entry)
+        if task_id in self.handles:  # most tasks have no timer left to cancel
+            entry = self._drop(kind, task_id)
+            if entry is not None:
+                self._mark(entry)
 
     def cancel_all(self, task_id: str) -> None:
-        for entry in self.handles.pop(task_id, {}).values():
-            self._mark(entry)
+        if task_id in self.handles:
+            for entry in self.handles.pop(task_id).values():
+                self._mark(entry)
 
     def has(self, task_id: str, kind: str | None = None) -> bool:
         kinds = self.handles.get(task_id, {})

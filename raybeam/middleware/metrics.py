@@ -43,7 +43,8 @@ class Histogram:
     count: int = 0
 
     def observe(self, value: float) -> None:
-        value = max(0.0, value)
+        if value < 0.0:
+            value = 0.0
         self.counts[bisect.bisect_left(BUCKETS, value)] += 1  # the first bound >= value
         self.sum += value
         self.count += 1
@@ -56,22 +57,24 @@ class LatencyMetrics(Middleware):
         self.run_duration: dict[tuple[str, ...], Histogram] = {}
 
     def on_transition(self, rec: TaskRecord, old: TaskStatus, new: TaskStatus) -> None:
-        now = rec.updated_at
-        if new is TaskStatus.RUNNING and rec.attempts <= 1:
-            self._observe(self.start_latency, (rec.queue,), now - rec.created_at)
-        if old is TaskStatus.RUNNING:
-            started = _last_start(rec)
+        # twice for every task: one call of this, one of `observe` (and no more) each time
+        if new is _RUNNING:
+            if rec.attempts <= 1:
+                labels: tuple[str, ...] = (rec.queue,)
+                table = self.start_latency
+                histogram = table.get(labels) or _histogram(table, labels)
+                histogram.observe(rec.updated_at - rec.created_at)
+        elif old is _RUNNING:
+            # history ends with this transition; the entry before it is the start
+            history = rec.history
+            started = rec.started_at
+            if len(history) >= 2 and history[-2][0] == _RUNNING_VALUE:
+                started = history[-2][1]
             if started is not None:
-                self._observe(self.run_duration, (rec.queue, new._value_), now - started)
-
-    @staticmethod
-    def _observe(
-        table: dict[tuple[str, ...], Histogram], labels: tuple[str, ...], value: float
-    ) -> None:
-        histogram = table.get(labels)
-        if histogram is None:
-            histogram = table[labels] = Histogram()
-        histogram.observe(value)
+                labels = (rec.queue, new._value_)
+                table = self.run_duration
+                histogram = table.get(labels) or _histogram(table, labels)
+                histogram.observe(rec.updated_at - started)
 
     def metrics(self) -> dict[str, Any]:
         """The histograms as plain data: `{name: [[labels, counts, sum, count], ...]}`."""
@@ -85,14 +88,13 @@ class LatencyMetrics(Middleware):
         }
 
 
-def _last_start(rec: TaskRecord) -> float | None:
-    # history ends with the transition in progress; the entry before it is the start
-    if len(rec.history) >= 2 and rec.history[-2][0] == _RUNNING:
-        return float(rec.history[-2][1])
-    return rec.started_at
+def _histogram(table: dict[tuple[str, ...], Histogram], labels: tuple[str, ...]) -> Histogram:
+    histogram = table[labels] = Histogram()
+    return histogram
 
 
-_RUNNING = TaskStatus.RUNNING.value
+_RUNNING = TaskStatus.RUNNING
+_RUNNING_VALUE = _RUNNING.value
 _LABELS = {START_LATENCY: ("queue",), RUN_DURATION: ("queue", "status")}
 
 

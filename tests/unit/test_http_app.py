@@ -207,8 +207,10 @@ def test_latency_metrics_follow_transitions() -> None:
 
 def test_render_is_valid_prometheus_text() -> None:
     hook = LatencyMetrics(host=None)  # type: ignore[arg-type]
-    hook._observe(hook.start_latency, ("q",), 0.3)
-    hook._observe(hook.run_duration, ("q", "COMPLETE"), 12.0)
+    hook.start_latency[("q",)] = Histogram()
+    hook.start_latency[("q",)].observe(0.3)
+    hook.run_duration[("q", "COMPLETE")] = Histogram()
+    hook.run_duration[("q", "COMPLETE")].observe(12.0)
     data = {
         "queues": {
             "q": {
