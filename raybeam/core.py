@@ -430,12 +430,14 @@ class RegistryCore:
             counts = self.by_status[queue] = Counter()
         return counts
 
-    def created(self, now: float) -> float:
+    def created(self, now: float, count: int = 1) -> float:
         """A creation time for a new record: `now`, or a microsecond after the last one
         given, so records sort newest first in the order they were admitted (a `map()` of
-        5,000 calls admits them all at one `now`)."""
-        self.last_created = max(now, self.last_created + 1e-6)
-        return self.last_created
+        5,000 calls admits them all at one `now`). With `count`, the first of that many,
+        a microsecond apart."""
+        first = max(now, self.last_created + 1e-6)
+        self.last_created = first + (count - 1) * 1e-6
+        return first
 
     def add(self, rec: TaskRecord, payload: str) -> None:
         """A new record and its arguments, staged; started by `stored`."""

@@ -37,40 +37,44 @@ class Intake:
         the task id that answers each item (the first task, for a known idempotency key)."""
         definition = self._definition(queue)
         now = time.time()
+        core, tasks = self.core, self.core.tasks
         ids, new = [], []
         for it in items:
-            key = (it.get("options") or {}).get("idempotency_key")
+            options = it.get("options")
+            key = None if not options else options.get("idempotency_key")
             first = (
-                None
-                if key is None
-                else self.core.idempotency.first(queue, key, fingerprint(it), now)
+                None if key is None else core.idempotency.first(queue, key, fingerprint(it), now)
             )
             ids.append(first or it["id"])
-            if first is None and it["id"] not in self.core.tasks:
+            if first is None and it["id"] not in tasks:
                 new.append(it)
-        covered = min(self.core.leases.own(queue, client), len(new))
-        check_room(queue, definition, self.core.counts[queue], len(new), covered, self.free(queue))
+        covered = min(core.leases.own(queue, client), len(new))
+        check_room(queue, definition, core.counts[queue], len(new), covered, self.free(queue))
         if covered and client is not None:
-            self.core.leases.use(queue, client, covered)
+            core.leases.use(queue, client, covered)
         records = []
-        for item in new:
-            spec = self.core.specs.get(queue, definition, item.get("overrides") or {})
-            created = self.core.created(now)
+        plain = core.specs.get(queue, definition, {})  # the spec of items with no overrides
+        priority = definition.get("priority", 0)
+        first = core.created(now, len(new))
+        for n, item in enumerate(new):
+            overrides = item.get("overrides")
+            spec = core.specs.get(queue, definition, overrides) if overrides else plain
+            created = first + n * 1e-6  # as `created` counts them
             rec = TaskRecord(
                 id=item["id"], queue=queue, spec=spec, created_at=created, updated_at=created
             )
             options = item.get("options") or {}
-            rec.priority = options.get("priority", definition.get("priority", 0))
+            rec.priority = options.get("priority", priority)
             if "delay" in options or "run_at" in options:
                 # a time already past means now (and the ttl counts from now)
                 rec.scheduled_for = max(now, options.get("run_at", now + options.get("delay", 0)))
             if "idempotency_key" in options:
                 rec.idempotency_key = options["idempotency_key"]
-                staged = self.core.idempotency.add(
+                staged = core.idempotency.add(
                     queue, rec.idempotency_key, fingerprint(item), rec.id, now
                 )
-                self.core.commits.stage("idem", *staged)
-            self.core.add(rec, item["payload"])
+                core.commits.stage("idem", *staged)
+            core.add(rec, item["payload"])
             records.append(rec)
         return records, ids
 
