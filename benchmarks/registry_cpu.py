@@ -4,7 +4,7 @@ private local Ray (2 CPUs), with the registry process's user and system CPU time
 
 The baseline in the same run is Ray's floor for the same traffic: a bare actor (no
 records, no journal, no lanes) that takes the same `map()` batch, sends it to Ray in the
-packs raybeam would send (48 tasks each, their outcomes returned together) and waits for
+packs raybeam would send (`dispatch.pack_size`, their outcomes returned together) and waits for
 every outcome. Whatever raybeam does per task comes on top of that floor. Run it on two
 checkouts (or with `RAYBEAM_FSYNC=0`) to compare: `python -m benchmarks.registry_cpu`.
 The three run in turn for RAYBEAM_BENCH_ROUNDS rounds (3), and the medians are compared:
@@ -25,10 +25,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from raybeam.dispatch import pack_size
+
 TASKS = int(os.environ.get("RAYBEAM_BENCH_TASKS", "4000"))
 #: rounds of (map(), .put() loop, Ray's floor); medians are reported
 ROUNDS = int(os.environ.get("RAYBEAM_BENCH_ROUNDS", "3"))
-PACK = 48
+#: the pack size raybeam's dispatch picks for no-op tasks with this backlog on 2 CPUs
+PACK = pack_size(1e-4, TASKS, 2.0, {"num_cpus": 1})
 
 
 def noop(x: int) -> int:

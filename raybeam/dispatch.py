@@ -34,8 +34,11 @@ PACK_BELOW = 0.005
 PROBE = 8
 #: seconds at most that the rest of that backlog waits for the first probe to finish
 PROBE_WAIT = 1.0
+#: seconds of its members' recent run time that a pack is sized to: each Ray task costs the
+#: registry about 0.7 ms of CPU, so a 5 ms pack of no-op tasks spent 15 µs a task on it
+PACK_RUN = 0.02
 #: at most this many tasks share one Ray task
-PACK_MAX = 48
+PACK_MAX = 200
 #: seconds between storing new tasks and sending them to Ray: the answer to the caller goes
 #: out first (sending holds the registry's GIL for a while), and more tasks join the batch
 SEND_AFTER = 0.001
@@ -76,12 +79,12 @@ def pack_size(
 ) -> int:
     """How many tasks share one Ray task: 1 unless the queue's tasks are known to be tiny
     (packing amortises Ray's own per-task cost, which dominates when a task takes a
-    millisecond). A pack runs for about PACK_BELOW seconds, and a backlog is spread over at
+    millisecond). A pack runs for about PACK_RUN seconds, and a backlog is spread over at
     least as many packs as the cluster runs such tasks at once; GPU tasks never pack."""
     if duration is None or duration > PACK_BELOW or options.get("num_gpus"):
         return 1
     at_once = cluster_cpus / max(options.get("num_cpus", 1), 0.01)
-    return max(1, min(PACK_MAX, int(PACK_BELOW / max(duration, 1e-4)), int(backlog / at_once)))
+    return max(1, min(PACK_MAX, int(PACK_RUN / max(duration, 1e-4)), int(backlog / at_once)))
 
 
 def max_calls(asked: int | None, options: dict[str, Any]) -> int | None:

@@ -55,11 +55,11 @@ class Intake:
         records = []
         plain = core.specs.get(queue, definition, {})  # the spec of items with no overrides
         priority = definition.get("priority", 0)
-        first = core.created(now, len(new))
+        oldest = core.created(now, len(new))
         for n, item in enumerate(new):
             overrides = item.get("overrides")
             spec = core.specs.get(queue, definition, overrides) if overrides else plain
-            created = first + n * 1e-6  # as `created` counts them
+            created = oldest + n * 1e-6  # as `created` counts them
             rec = TaskRecord(
                 id=item["id"], queue=queue, spec=spec, created_at=created, updated_at=created
             )

@@ -111,8 +111,9 @@ class _StartReporter:
 
 _starts = _StartReporter()
 
-#: seconds a pack runs members before it hands back the rest unrun (at least one runs)
-PACK_BUDGET = 0.02
+#: seconds a pack runs members before it hands back the rest unrun (at least one runs):
+#: room beyond the registry's estimate (dispatch.PACK_RUN), which follows recent run times
+PACK_BUDGET = 0.05
 
 #: seconds between two progress stores of one attempt, at most
 PROGRESS_EVERY = 0.25

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from raybeam.containers import ContainerPool, ResourceDemand
-from raybeam.dispatch import PACK_BELOW, PACK_MAX, max_calls, pack_options, pack_size
+from raybeam.dispatch import PACK_BELOW, PACK_MAX, PACK_RUN, max_calls, pack_options, pack_size
 from raybeam.middleware.webhooks import Webhooks
 from raybeam.wire import Attempt
 
@@ -18,7 +18,7 @@ def test_pack_sizes() -> None:
     assert pack_size(PACK_BELOW * 2, 1000, 4, cpu) == 1  # not tiny
     assert pack_size(0.0001, 1000, 4, {"num_cpus": 1, "num_gpus": 1}) == 1  # GPU tasks
     assert pack_size(0.0001, 1000, 4, cpu) == PACK_MAX
-    assert pack_size(0.001, 1000, 4, cpu) == 5  # a pack runs about PACK_BELOW seconds
+    assert pack_size(0.001, 1000, 4, cpu) == int(PACK_RUN / 0.001)  # about PACK_RUN seconds
     assert pack_size(0.0001, 8, 4, cpu) == 2  # a small backlog is spread over the CPUs
     assert pack_size(0.0001, 8, 4, {"num_cpus": 0.5}) == 1
 
