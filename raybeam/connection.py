@@ -130,9 +130,11 @@ async def acall(method: str, *args: Any) -> Any:
 
 
 #: the most slots a client leases on a queue at once
-MAX_LEASE = 256
-#: leased puts are sent in batches of up to this many ...
-BATCH = 64
+MAX_LEASE = 1024
+#: leased puts are sent in batches of up to this many ... (each batch is one registry call,
+#: one journal commit and Ray tasks sized to it: 256 where 64 cost the registry 0.08-0.09 ms
+#: a put where 0.12-0.16)
+BATCH = 256
 #: ... or after this many seconds, whichever comes first
 SEND_DELAY = 0.002
 #: with this many puts unanswered, a put waits for the oldest answers
@@ -154,7 +156,7 @@ class Pipeline:
     """`.put()` in a loop without a round trip per call.
 
     A put that finds no lease waits for the registry, as a lone put always does; if it came
-    soon after another put, it also asks for a lease (4 slots, then 16, 64, 256). Puts
+    soon after another put, it also asks for a lease (4 slots, then 16, 64, 256, 1024). Puts
     within the lease cannot meet a full queue, so they return at once, and are sent in
     batches a moment later. Ray runs one caller's calls to an actor in order, and every other
     registry call from this process (`Task.status()`, `wait`, ...) first sends and waits for
