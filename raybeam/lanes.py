@@ -1,8 +1,8 @@
 """Lanes: where a plain queue's waiting tasks wait, highest priority first.
 
 raybeam, not Ray, decides what starts when resources free up: each lane (a queue's tasks of
-one shape of Ray options) keeps its waiting tasks in a heap ordered by priority (higher
-first) and then by arrival (FIFO), and hands Ray only about twice as many as the cluster can
+one shape of Ray options) keeps its waiting tasks in a line per priority (higher first),
+each in order of arrival (FIFO), and hands Ray only about twice as many as the cluster can
 run at once. Ray always has the next tasks ready as workers free up, so throughput holds; a
 task of higher priority enqueued later still starts before the lower ones that wait.
 """
@@ -10,18 +10,14 @@ task of higher priority enqueued later still starts before the lower ones that w
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
+from collections import deque
 from typing import Any
 
 #: Ray work in flight per lane, as a multiple of what the cluster runs at once
 SLACK = 2
 #: at least this much in flight, so an autoscaler sees demand for resources not there yet
 MIN_IN_FLIGHT = 8
-
-_order = itertools.count()
-#: the order of tasks put back ahead of those waiting (counting down: each goes first)
-_ahead = itertools.count(-1, -1)
 
 
 def capacity(options: dict[str, Any], cluster: dict[str, float]) -> int:
@@ -41,22 +37,44 @@ def capacity(options: dict[str, Any], cluster: dict[str, float]) -> int:
 
 class Lane:
     def __init__(self) -> None:
-        self.heap: list[tuple[int, int, Any]] = []
+        #: priority -> its waiting items, first out on the left
+        self.lines: dict[int, deque[Any]] = {}
+        #: the priorities that have a line, negated, in a heap: the highest is first
+        self.priorities: list[int] = []
+        self.size = 0
         #: Ray tasks (single or packed) sent and not yet finished
         self.in_flight = 0
         #: while a probe finds out how long the queue's tasks take, only this many go out
         self.probing = False
 
     def __len__(self) -> int:
-        return len(self.heap)
+        return self.size
 
     def push(self, priority: int, item: Any, ahead: bool = False) -> None:
         """Wait behind the items of `priority` already here, or, `ahead`, before them."""
-        heapq.heappush(self.heap, (-priority, next(_ahead if ahead else _order), item))
+        line = self.lines.get(priority)
+        if line is None:
+            line = self.lines[priority] = deque()
+            heapq.heappush(self.priorities, -priority)
+        if ahead:
+            line.appendleft(item)
+        else:
+            line.append(item)
+        self.size += 1
 
     def pop(self, n: int) -> list[Any]:
         """The next `n` items at most, highest priority first, FIFO within one."""
-        return [heapq.heappop(self.heap)[2] for _ in range(min(n, len(self.heap)))]
+        out: list[Any] = []
+        while len(out) < n and self.priorities:
+            top = -self.priorities[0]
+            line = self.lines[top]
+            take = min(n - len(out), len(line))
+            out.extend([line.popleft() for _ in range(take)])
+            if not line:
+                del self.lines[top]
+                heapq.heappop(self.priorities)
+        self.size -= len(out)
+        return out
 
     def room(self, cap: int) -> int:
         """Ray tasks this lane may send now, when the cluster runs `cap` of them at once."""

@@ -179,3 +179,26 @@ def test_lanes_start_higher_priority_first_fifo_within_one() -> None:
     lane.in_flight = 3
     assert lane.room(capacity({"num_cpus": 0.25}, cluster)) == SLACK * 16 - 3
     assert lane.room(1) == MIN_IN_FLIGHT - 3  # demand an autoscaler can see
+
+
+def test_a_lane_hands_out_what_one_heap_by_priority_then_arrival_would() -> None:
+    import heapq
+    import itertools
+    import random
+
+    from raybeam.lanes import Lane
+
+    rng = random.Random(7)
+    for _ in range(100):
+        lane, heap, n = Lane(), [], 0
+        order, ahead = itertools.count(), itertools.count(-1, -1)
+        for _ in range(200):
+            if rng.random() < 0.6:
+                priority, first = rng.choice([0, 0, 1, 5, -3, 10**30]), rng.random() < 0.2
+                lane.push(priority, n, first)
+                heapq.heappush(heap, (-priority, next(ahead if first else order), n))
+                n += 1
+            else:
+                k = rng.randint(0, 5)
+                assert lane.pop(k) == [heapq.heappop(heap)[2] for _ in range(min(k, len(heap)))]
+            assert len(lane) == len(heap)
