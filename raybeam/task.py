@@ -176,7 +176,9 @@ def wait(tasks: Sequence[Task], progress: bool = False, timeout: float | None = 
     ids = [t.id for t in tasks]
     # asked about a window at a time, in the order given: a poll costs the window, not all
     # the tasks (a wait on 100k tasks would otherwise send and scan 100k ids every 50 ms)
-    remaining = list(dict.fromkeys(ids))
+    unique = list(dict.fromkeys(ids))
+    window: list[str] = []  # asked about, not final yet
+    taken = 0  # of `unique`, into a window so far
     deadline = None if timeout is None else time.monotonic() + timeout
     bar = None
     if progress:
@@ -184,21 +186,24 @@ def wait(tasks: Sequence[Task], progress: bool = False, timeout: float | None = 
 
         bar = tqdm(total=len(ids), desc="tasks", unit="task")
     try:
-        while remaining:
+        while window or taken < len(unique):
             wait_for = 1.0
             if deadline is not None:
                 wait_for = min(wait_for, max(0.0, deadline - time.monotonic()))
-            window = remaining[:WAIT_WINDOW]
+            more = unique[taken : taken + WAIT_WINDOW - len(window)]
+            window, taken = window + more, taken + len(more)
             done = set(connection.call("wait_any", window, wait_for))
-            remaining = [t for t in window if t not in done] + remaining[WAIT_WINDOW:]
+            asked, window = len(window), [t for t in window if t not in done]
+            left = len(window) + len(unique) - taken
             if bar is not None and done:
                 bar.update(len(done))
-            if done and remaining:
-                time.sleep(0.05)  # let more finish before asking again with the whole list
-            if remaining and deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(
-                    f"{len(remaining)} of {len(ids)} tasks not final after {timeout} s"
-                )
+            if left and 0 < len(done) < asked:
+                # caught up with the tasks as they finish: let more finish before asking
+                # again (a window all done goes straight on: 100k tasks found done would
+                # otherwise take 100 of these pauses, 5 s)
+                time.sleep(0.05)
+            if left and deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"{left} of {len(ids)} tasks not final after {timeout} s")
     finally:
         if bar is not None:
             bar.close()
