@@ -73,6 +73,9 @@ class RegistryCore:
         self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}
         #: the newest creation time given: each new record gets a later one (see `created`)
         self.last_created = max((r.created_at for r in self.tasks.values()), default=0.0)
+        #: ids of records held out of creation order (brought back from the archive); the
+        #: others are held in the order they were made (and load in that order)
+        self.out_of_order: set[str] = set()
         self.counts: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         #: tasks held by queue and status: queue_stats and /metrics read these, not the tasks
@@ -239,7 +242,7 @@ class RegistryCore:
         """
         cutoff = time.time() - older_than
         batch = []
-        for rec in self.tasks.values():
+        for rec in self._made_before(cutoff):
             if (
                 rec.status.is_final
                 and (rec.ended_at or rec.updated_at) < cutoff
@@ -264,6 +267,22 @@ class RegistryCore:
         await self.commits.commit()
         return len(batch)
 
+    def _made_before(self, cutoff: float) -> Iterable[TaskRecord]:
+        """The records made before `cutoff` (the others cannot have ended before it), each
+        once: those held in creation order up to the first one made later, so a sweep costs
+        what is due rather than a walk of every record, then those held out of order."""
+        for rec in self.tasks.values():
+            if rec.created_at >= cutoff:
+                break
+            if rec.id not in self.out_of_order:
+                yield rec
+        for task_id in list(self.out_of_order):
+            held = self.tasks.get(task_id)
+            if held is None:
+                self.out_of_order.discard(task_id)
+            elif held.created_at < cutoff:
+                yield held
+
     async def unarchive(self, task_id: str) -> TaskRecord | None:
         """Bring an archived task back into memory (to requeue it); None if unknown."""
         found = await asyncio.to_thread(self.archive.read, task_id)
@@ -273,6 +292,7 @@ class RegistryCore:
         rec, payload = found
         self.archive.bury(task_id)
         self.tasks[rec.id] = rec
+        self.out_of_order.add(rec.id)
         self.held(rec.queue)[rec.status.value] += 1
         for output in rec.outputs:
             self.output_keys[output["id"]] = output["key"]

@@ -187,6 +187,36 @@ def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
     run(tmp_path, after_restart)
 
 
+def test_a_sweep_walks_records_made_before_its_cutoff_and_those_brought_back(
+    tmp_path: Path,
+) -> None:
+    ids = [uid(n) for n in range(6)]
+    times: dict[str, Any] = {}
+
+    async def scenario(core: RegistryCore) -> None:
+        await fill(core, "q", ids[:3])
+        await archive_all(core)
+        ((made),) = await Intake(core).requeue([ids[1]])  # back in memory, held out of order
+        times["cutoff"], times["made"] = time.time(), made["task_id"]
+        await asyncio.sleep(0.01)
+        await fill(core, "q", ids[3:])
+        assert core.out_of_order == {ids[1]}
+        walked = [rec.id for rec in core._made_before(times["cutoff"])]
+        # the walk stopped at the first record made after the cutoff, then took ids[1]
+        assert walked == [times["made"], ids[1]]
+
+    async def after_restart(core: RegistryCore) -> None:
+        assert core.out_of_order == set()  # records load in creation order
+        walked = [rec.id for rec in core._made_before(times["cutoff"])]
+        assert walked == [ids[1], times["made"]]
+        assert await core.archive_ended(-1.0) == 4  # ids[1] and the three later ones
+        assert [rec.id for rec in core._made_before(time.time() + 1)] == [times["made"]]
+        assert core.out_of_order == set()
+
+    run(tmp_path, scenario)
+    run(tmp_path, after_restart)
+
+
 def test_records_that_change_while_archived_stay_in_memory(tmp_path: Path) -> None:
     ids = [uid(n) for n in range(4)]
 
