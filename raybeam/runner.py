@@ -311,7 +311,7 @@ def run_attempt(digest: str, blob: bytes, *fields: Any) -> Outcome:
     return execute(load_bundle(digest, blob), Attempt(*fields), worker_id)
 
 
-def run_pack(digest: str, blob: bytes, attempts: list[tuple[Any, ...]]) -> list[Outcome]:
+def run_pack(digest: str, blob: bytes, attempts: list[list[Any]]) -> list[Outcome]:
     """Several tiny attempts in one Ray task, one after the other, each in its own folder;
     their outcomes, in order, returned together.
 

@@ -29,10 +29,11 @@ class Attempt:
     timeout: int
     storage_url: str
 
-    def fields(self) -> tuple[Any, ...]:
-        """The attempt as plain values: Ray sends those without pickling."""
-        values: tuple[Any, ...] = _ATTEMPT_VALUES(self)
-        return values
+    def fields(self) -> list[Any]:
+        """The attempt as plain values, which Ray sends as they are. A list, not a tuple:
+        Ray's encoder pickles each tuple on its own (a pack of 200 attempts was 200 pickles
+        in the registry and as many loads in the worker)."""
+        return list(_ATTEMPT_VALUES(self))
 
 
 _ATTEMPT_VALUES = operator.attrgetter(*(f.name for f in dataclasses.fields(Attempt)))
