@@ -23,7 +23,7 @@ from raybeam.lanes import Lane, capacity
 from raybeam.record import TaskRecord, TaskStatus
 from raybeam.resources import pick_gpu_type
 from raybeam.runner import remote_attempt
-from raybeam.wire import Attempt, Outcome, failed
+from raybeam.wire import Attempt, Outcome, failed, outcome_from
 
 log = logging.getLogger("raybeam.dispatch")
 PENDING, RUNNING = TaskStatus.PENDING, TaskStatus.RUNNING
@@ -386,7 +386,7 @@ class Dispatcher:
 
     async def _settle_pack(self, members: list[tuple[str, str]], ref: Any) -> None:
         try:
-            outcomes: list[Outcome] = await ref
+            outcomes = [outcome_from(values) for values in await ref]
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -29,6 +29,7 @@ from raybeam.wire import (
     decode_payload,
     failed,
     large_result,
+    outcome_values,
     succeeded,
 )
 
@@ -311,9 +312,9 @@ def run_attempt(digest: str, blob: bytes, *fields: Any) -> Outcome:
     return execute(load_bundle(digest, blob), Attempt(*fields), worker_id)
 
 
-def run_pack(digest: str, blob: bytes, attempts: list[list[Any]]) -> list[Outcome]:
+def run_pack(digest: str, blob: bytes, attempts: list[list[Any]]) -> list[list[Any]]:
     """Several tiny attempts in one Ray task, one after the other, each in its own folder;
-    their outcomes, in order, returned together.
+    their outcomes (`wire.outcome_values`), in order, returned together.
 
     The members run until the pack has run PACK_BUDGET seconds; the outcomes returned may
     be fewer than the members, and the registry sends the rest (never started) again. So
@@ -322,10 +323,10 @@ def run_pack(digest: str, blob: bytes, attempts: list[list[Any]]) -> list[Outcom
     of what a streaming generator's reports did."""
     worker_id = ray.get_runtime_context().get_worker_id()
     bundle = load_bundle(digest, blob)
-    outcomes: list[Outcome] = []
+    outcomes: list[list[Any]] = []
     ends = time.monotonic() + PACK_BUDGET
     for fields in attempts:
-        outcomes.append(execute(bundle, Attempt(*fields), worker_id))
+        outcomes.append(outcome_values(execute(bundle, Attempt(*fields), worker_id)))
         if time.monotonic() >= ends:
             break
     return outcomes

@@ -8,7 +8,7 @@ import base64
 import dataclasses
 import json
 import operator
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import cloudpickle
 
@@ -66,6 +66,20 @@ class Outcome(TypedDict):
     busy: float | None
     #: the last value the handler passed to context.progress(); None when none
     progress: Any
+
+
+#: an outcome's keys, in order: a pack returns each outcome as the list of its values (Ray
+#: decodes a list of 12 values in an eighth of the time it takes for the same dict)
+OUTCOME_KEYS: tuple[str, ...] = tuple(Outcome.__annotations__)
+
+
+def outcome_values(outcome: Outcome) -> list[Any]:
+    plain = cast(dict[str, Any], outcome)
+    return [plain[key] for key in OUTCOME_KEYS]
+
+
+def outcome_from(values: list[Any]) -> Outcome:
+    return cast(Outcome, dict(zip(OUTCOME_KEYS, values, strict=True)))
 
 
 def succeeded(value: Any, outputs: list[dict[str, Any]]) -> Outcome:

@@ -202,3 +202,15 @@ def test_a_lane_hands_out_what_one_heap_by_priority_then_arrival_would() -> None
                 k = rng.randint(0, 5)
                 assert lane.pop(k) == [heapq.heappop(heap)[2] for _ in range(min(k, len(heap)))]
             assert len(lane) == len(heap)
+
+
+def test_a_pack_returns_outcomes_as_values_that_make_the_same_outcomes() -> None:
+    from raybeam.wire import OUTCOME_KEYS, Outcome, failed, outcome_from, outcome_values, succeeded
+
+    assert set(OUTCOME_KEYS) == set(Outcome.__annotations__)
+    for outcome in (succeeded({"x": [1]}, [{"id": "o"}]), failed("boom", True)):
+        values = outcome_values(outcome)
+        assert isinstance(values, list) and len(values) == len(OUTCOME_KEYS)
+        assert outcome_from(values) == outcome
+    with pytest.raises(ValueError):  # a list of another length is refused, not misread
+        outcome_from(values[:-1])
