@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -79,9 +79,9 @@ class RegistryCore:
         self.counts: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         #: tasks held by queue and status: queue_stats and /metrics read these, not the tasks
-        self.by_status: dict[str, Counter[str]] = {}
+        self.by_status: defaultdict[str, Counter[str]] = defaultdict(Counter)
         for rec in self.tasks.values():
-            self.held(rec.queue)[rec.status.value] += 1
+            self.by_status[rec.queue][rec.status.value] += 1
             self.counts[rec.queue] += not rec.status.is_final
             self.running[rec.queue] += rec.status is RUNNING
         self.leases = Leases()
@@ -220,7 +220,7 @@ class RegistryCore:
         if self.tasks.get(rec.id) is rec and rec.status.is_final:
             del self.tasks[rec.id]
             self.commits.stage("task", rec.id, None)
-            self.held(rec.queue)[rec.status.value] -= 1
+            self.by_status[rec.queue][rec.status.value] -= 1
             for output in rec.outputs:
                 self.output_keys.pop(output["id"], None)
             if self.payloads.pop(rec.id, None) is not None:
@@ -293,7 +293,7 @@ class RegistryCore:
         self.archive.bury(task_id)
         self.tasks[rec.id] = rec
         self.out_of_order.add(rec.id)
-        self.held(rec.queue)[rec.status.value] += 1
+        self.by_status[rec.queue][rec.status.value] += 1
         for output in rec.outputs:
             self.output_keys[output["id"]] = output["key"]
         if payload is not None:
@@ -405,7 +405,7 @@ class RegistryCore:
         self.hook("on_transition", rec, old, new)
         if new is RUNNING or old is RUNNING:
             self.running[rec.queue] += (new is RUNNING) - (old is RUNNING)
-        held = self.by_status.get(rec.queue) or self.held(rec.queue)
+        held = self.by_status[rec.queue]
         held[old._value_] -= 1  # `.value` takes five times as long, on the hot path
         held[new._value_] += 1
         if new.is_final:
@@ -443,26 +443,20 @@ class RegistryCore:
             _hook_failed(method, rec)
             return None
 
-    def held(self, queue: str) -> Counter[str]:
-        """The tasks of `queue` held, by status (a counter made once per queue)."""
-        counts = self.by_status.get(queue)
-        if counts is None:
-            counts = self.by_status[queue] = Counter()
-        return counts
-
-    def created(self, now: float, count: int = 1) -> float:
-        """A creation time for a new record: `now`, or a microsecond after the last one
-        given, so records sort newest first in the order they were admitted (a `map()` of
-        5,000 calls admits them all at one `now`). With `count`, the first of that many,
-        a microsecond apart."""
+    def created(self, now: float, count: int = 1) -> list[float]:
+        """Creation times for `count` new records: from `now`, or a microsecond after the
+        last one given, a microsecond apart, so records sort newest first in the order they
+        were admitted (a `map()` of 5,000 calls admits them all at one `now`)."""
         first = max(now, self.last_created + 1e-6)
-        self.last_created = first + (count - 1) * 1e-6
-        return first
+        times = [first + n * 1e-6 for n in range(count)]
+        if times:
+            self.last_created = times[-1]
+        return times
 
     def add(self, rec: TaskRecord, payload: str) -> None:
         """A new record and its arguments, staged; started by `stored`."""
         self.tasks[rec.id] = rec
-        (self.by_status.get(rec.queue) or self.held(rec.queue))[rec.status._value_] += 1
+        self.by_status[rec.queue][rec.status._value_] += 1
         self.payloads[rec.id] = payload
         self.commits.stage("payload", rec.id, payload)
         self.commits.stage("task", rec.id, rec)

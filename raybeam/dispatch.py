@@ -179,12 +179,10 @@ class Dispatcher:
             return
         rec.run = self.host.new_run()
         options = rec.spec.ray_options  # never changed: a spec is shared by many records
-        key = None
         if rec.spec.gpu_types:
             gpu_type = pick_gpu_type(rec.spec.gpu_types, self._cluster_resources())
             if gpu_type is not None:
                 options = {**options, "accelerator_type": gpu_type}
-                key = (rec.queue, rec.spec.max_calls, codec.canonical(options))
         attempt = Attempt(
             task_id=rec.id,
             queue=rec.queue,
@@ -199,25 +197,27 @@ class Dispatcher:
         if pool is not None:
             pool.enqueue(attempt, rec.spec.function, blob, options, rec.priority)
             return
-        if key is None:
-            key = self._lane_key(rec)
+        key = self._lane_key(rec, options)
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = Lane()
         lane.push(rec.priority, (rec, blob, attempt, options), ahead)
         self._mark(key)
 
-    def _lane_key(self, rec: TaskRecord) -> Key:
-        """The lane of `rec` by its queue and spec's Ray options (worked out once per spec:
-        the records of a queue share theirs)."""
+    def _lane_key(self, rec: TaskRecord, options: dict[str, Any]) -> Key:
+        """The lane of `rec` sent with these Ray options: by queue, max_calls and options.
+        Worked out once per spec when they are the spec's own (the records of a queue share
+        theirs); a GPU type picked for this attempt makes options of its own."""
         spec = rec.spec
-        known = self.keys.get(id(spec))
+        own = options is spec.ray_options
+        known = self.keys.get(id(spec)) if own else None
         if known is not None and known[0] is spec and known[1][0] == rec.queue:
             return known[1]
-        if len(self.keys) >= 4096:
-            self.keys.clear()
-        key = (rec.queue, spec.max_calls, codec.canonical(spec.ray_options))
-        self.keys[id(spec)] = (spec, key)
+        key = (rec.queue, spec.max_calls, codec.canonical(options))
+        if own:
+            if len(self.keys) >= 4096:
+                self.keys.clear()
+            self.keys[id(spec)] = (spec, key)
         return key
 
     def stop(self, rec: TaskRecord) -> None:

@@ -55,11 +55,9 @@ class Intake:
         records = []
         plain = core.specs.get(queue, definition, {})  # the spec of items with no overrides
         priority = definition.get("priority", 0)
-        oldest = core.created(now, len(new))
-        for n, item in enumerate(new):
+        for item, created in zip(new, core.created(now, len(new)), strict=True):
             overrides = item.get("overrides")
             spec = core.specs.get(queue, definition, overrides) if overrides else plain
-            created = oldest + n * 1e-6  # as `created` counts them
             rec = TaskRecord(
                 id=item["id"], queue=queue, spec=spec, created_at=created, updated_at=created
             )
@@ -188,7 +186,7 @@ class Intake:
             payload = core.payloads.get(old.id)
             if payload is None:
                 raise TaskNotFound(f"the arguments of task {old.id} are no longer stored")
-            created = core.created(now)
+            [created] = core.created(now)
             new = TaskRecord(
                 id=str(uuid.uuid4()), queue=old.queue, spec=old.spec, created_at=created,
                 updated_at=created, priority=old.priority, retry_of=old.id,

@@ -1,7 +1,7 @@
 """The registry's durable state through fsspec: batched, atomic, replayable.
 
 Layout under `<storage>/registry/`:
-  journal/<seq>.jsonl   journal segments, replayed in order; each line one entry
+  journal/<seq>.jsonl   journal segments, replayed in order; each line one batch
   snapshot/<seq>.json   every live entry as of segment <seq>; segments up to it are removed
 
 An entry is [kind, key, data]; a later entry for the same (kind, key) replaces an earlier
@@ -12,12 +12,12 @@ values (`TaskRecord.stored`); the object form of `TaskRecord.to_json` loads as w
 
 On a local disk a segment is an append-only file that takes many batches (one write each);
 a crash can leave at most a torn last line, a batch whose `append` had not returned, which
-loading skips, and the next registry starts a new segment. Each batch is fsync'ed before `append` returns (one fsync per batch,
-however many changes it holds), unless `RAYBEAM_FSYNC=0`, so an acknowledged change
-survives a power loss. Object stores cannot append, so there every batch is a segment of its
-own, created at its final key in one request that fails when the key exists (S3: a PUT with
-`If-None-Match: *`); an object store publishes an object whole, so a crash leaves all of it
-or none. Snapshots there are created the same way. A segment is never overwritten, locally
+loading skips, and the next registry starts a new segment. Each batch is fsync'ed before
+`append` returns (one fsync per batch, however many changes it holds), unless
+`RAYBEAM_FSYNC=0`, so an acknowledged change survives a power loss. Object stores cannot
+append, so there every batch is a segment of its own, created at its final key in one
+request that fails when the key exists (S3: a PUT with `If-None-Match: *`); an object store
+publishes an object whole, so a crash leaves all of it or none. Snapshots there are created the same way. A segment is never overwritten, locally
 (created with O_EXCL) or elsewhere: a second registry writing to the same storage gets
 `SegmentExists` and stops, instead of replacing the first one's batches. A local snapshot is
 written under a temporary name and renamed into place; it and its folder are fsync'ed

@@ -57,13 +57,11 @@ class LatencyMetrics(Middleware):
         self.run_duration: dict[tuple[str, ...], Histogram] = {}
 
     def on_transition(self, rec: TaskRecord, old: TaskStatus, new: TaskStatus) -> None:
-        # twice for every task: one call of this, one of `observe` (and no more) each time
         if new is _RUNNING:
             if rec.attempts <= 1:
-                labels: tuple[str, ...] = (rec.queue,)
-                table = self.start_latency
-                histogram = table.get(labels) or _histogram(table, labels)
-                histogram.observe(rec.updated_at - rec.created_at)
+                _histogram(self.start_latency, (rec.queue,)).observe(
+                    rec.updated_at - rec.created_at
+                )
         elif old is _RUNNING:
             # history ends with this transition; the entry before it is the start
             history = rec.history
@@ -71,10 +69,9 @@ class LatencyMetrics(Middleware):
             if len(history) >= 2 and history[-2][0] == _RUNNING_VALUE:
                 started = history[-2][1]
             if started is not None:
-                labels = (rec.queue, new._value_)
-                table = self.run_duration
-                histogram = table.get(labels) or _histogram(table, labels)
-                histogram.observe(rec.updated_at - started)
+                _histogram(self.run_duration, (rec.queue, new._value_)).observe(
+                    rec.updated_at - started
+                )
 
     def metrics(self) -> dict[str, Any]:
         """The histograms as plain data: `{name: [[labels, counts, sum, count], ...]}`."""
@@ -89,7 +86,10 @@ class LatencyMetrics(Middleware):
 
 
 def _histogram(table: dict[tuple[str, ...], Histogram], labels: tuple[str, ...]) -> Histogram:
-    histogram = table[labels] = Histogram()
+    """The histogram of `labels` in `table`, made on first use."""
+    histogram = table.get(labels)
+    if histogram is None:
+        histogram = table[labels] = Histogram()
     return histogram
 
 
