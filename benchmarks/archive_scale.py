@@ -8,7 +8,9 @@ memory (RAYBEAM_ARCHIVE_AFTER_SECONDS is 300).
 
 Measured, each against the same measure on a registry holding ~1,000 records in this run:
 registry RSS; a stored put (p50); `GET` of an archived task (the registry's `get`, p50); a
-listing page of 50 at a random archived cursor (p50); restart -> first answer.
+listing page of 50 at a random archived cursor (p50); restart -> first answer, and restart ->
+an archived task's `get` answered (the archive's index is read in the background after the
+live state, so only calls that need the archive wait for it).
 Goals from the issue: RSS <= 400 MiB, put p50 within +-20% of 1k, GET p50 <= 20 ms, restart
 <= 2 s.
 """
@@ -66,12 +68,16 @@ def synthesize(storage: Path, count: int, spec: TaskSpec) -> list[str]:
     return ids
 
 
-def restart_seconds() -> float:
-    """Kill the registry; seconds until its next incarnation answers."""
+def restart_seconds(archived_id: str | None = None) -> tuple[float, float]:
+    """Kill the registry; seconds until its next incarnation answers, and until it answers
+    a `get` of `archived_id` (which waits for the archive's index, read in the background)."""
     kill_registry()
     start = time.perf_counter()
     connection.call("ping")
-    return time.perf_counter() - start
+    answered = time.perf_counter() - start
+    if archived_id is not None:
+        assert connection.call("get", archived_id) is not None
+    return answered, time.perf_counter() - start
 
 
 def measure(queue: Any, archived: list[str], samples: int) -> dict[str, float]:
@@ -90,7 +96,7 @@ def measure(queue: Any, archived: list[str], samples: int) -> dict[str, float]:
         assert len(page) == 50 or task_id in archived[:50]
     figures["get_p50_ms"] = median(gets) * 1000
     figures["page_p50_ms"] = median(pages) * 1000
-    figures["restart_s"] = restart_seconds()
+    figures["restart_s"], figures["restart_get_s"] = restart_seconds(picks[0])
     return figures
 
 
@@ -133,7 +139,7 @@ def run(ctx: Context) -> None:
     # the files' pages reach the disk now, not during the measures: on ext4 a journal fsync
     # would otherwise wait for the writeback of the hundred megabytes just written
     os.sync()
-    first = restart_seconds()
+    first, _ = restart_seconds()
     connection.call("register_queue", *work.definition())  # on this storage too
     with quiet():
         for start in range(0, live_count, 5000):
@@ -153,6 +159,7 @@ def run(ctx: Context) -> None:
         "get_p50_ms": ("get of an archived task p50", "ms", "<= 20 ms", scale["get_p50_ms"] <= 20),
         "page_p50_ms": ("listing page of 50 at a cursor p50", "ms", "", None),
         "restart_s": ("restart -> first answer", "s", "<= 2 s", scale["restart_s"] <= 2),
+        "restart_get_s": ("restart -> an archived task's get answered", "s", "", None),
     }  # fmt: skip
     for key, (metric, unit, target, met) in goals.items():
         ctx.add(

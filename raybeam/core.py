@@ -63,11 +63,11 @@ class RegistryCore:
         state = load_state(journal)
         self.queues, self.tasks, self.payloads = state.queues, state.tasks, state.payloads
         self.load_problems = state.problems
+        #: read in the background once booted (see `archived`): a restart waits for the
+        #: live state only, so its cost follows the live tasks, not the history
         self.archive = Archive(journal.fs, journal.root)
-        self.load_problems += self.archive.load()
-        # a final task stored again since it was archived (requeued, or a crash came between
-        # its archive file and the journal's deletion): the copy in memory counts
-        self.archive.bury_many(r.id for r in self.tasks.values() if r.status.is_final)
+        self.archive_ready = False
+        self._archive_loading: asyncio.Future[None] | None = None
         self.idempotency = IdempotencyKeys(state.idempotency)
         #: output id -> its storage key, so a download finds its file without a listing
         self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}
@@ -128,6 +128,7 @@ class RegistryCore:
             raise
 
     async def _boot(self) -> None:
+        self.spawn(self._read_archive_soon())
         live = [rec for rec in self.tasks.values() if not rec.status.is_final]
         digests = {rec.spec.function for rec in live}
         digests |= {q["spec"]["function"] for q in self.queues.values()}
@@ -231,6 +232,36 @@ class RegistryCore:
 
     # ---- the archive ------------------------------------------------------------------
 
+    async def archived(self) -> Archive:
+        """The archive, once its index is read (in a thread: calls that need no archive are
+        answered meanwhile). A read that failed is tried again by the next caller."""
+        if not self.archive_ready:
+            if self._archive_loading is None:
+                self._archive_loading = asyncio.ensure_future(self._load_archive())
+            loading = self._archive_loading
+            try:
+                await asyncio.shield(loading)
+            except Exception:
+                if self._archive_loading is loading:
+                    self._archive_loading = None
+                raise
+        return self.archive
+
+    async def _read_archive_soon(self) -> None:
+        try:
+            await self.archived()
+        except Exception:  # the next call that needs the archive tries again
+            log.exception("could not read the archive's index")
+
+    async def _load_archive(self) -> None:
+        archive = Archive(self.journal.fs, self.journal.root)  # a failed try leaves no rows
+        problems = await asyncio.to_thread(archive.load)
+        # a final task stored again since it was archived (requeued, or a crash came between
+        # its archive file and the journal's deletion): the copy in memory counts
+        archive.bury_many(r.id for r in self.tasks.values() if r.status.is_final)
+        self.archive, self.archive_ready = archive, True
+        self.load_problems += problems
+
     async def archive_ended(self, older_than: float) -> int:
         """Move final records that ended more than `older_than` seconds ago (and that no
         middleware still needs, such as an undelivered webhook) into an archive file, then
@@ -240,6 +271,7 @@ class RegistryCore:
         (requeued, say) stays in memory; its archived copy is marked dead, and a later
         sweep archives it again.
         """
+        await self.archived()
         cutoff = time.time() - older_than
         batch = []
         for rec in self._made_before(cutoff):
@@ -285,6 +317,7 @@ class RegistryCore:
 
     async def unarchive(self, task_id: str) -> TaskRecord | None:
         """Bring an archived task back into memory (to requeue it); None if unknown."""
+        await self.archived()
         found = await asyncio.to_thread(self.archive.read, task_id)
         live = self.tasks.get(task_id)
         if live is not None or found is None:

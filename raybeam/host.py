@@ -177,6 +177,10 @@ class Host(Protocol):
 
     def public_outputs(self, rec: TaskRecord) -> list[dict[str, Any]]: ...
 
+    def archived(self) -> Awaitable[Archive]:
+        """The archive, once its index is read (after a restart, in the background)."""
+        ...
+
     def archive_ended(self, older_than: float) -> Awaitable[int]:
         """Move final records that ended this long ago to the archive; how many moved."""
         ...

@@ -111,20 +111,31 @@ class Registry:
         # Resume unfinished work even if no client calls in after a restart.
         ray.get_runtime_context().current_actor.ping.remote()
 
-    async def _ready(self) -> None:
+    async def _ready(self, archive: bool = True) -> None:
         """Take the storage's lease (StorageInUse while another cluster's registry holds
-        it), load the state, boot; once, before any call is answered."""
+        it), load the state, boot; once, before any call is answered. Then, unless the call
+        needs no `archive` (it writes or reads live tasks only), wait until the archive's
+        index is read too (the first time, in the background while other calls go on)."""
         if not self.started_up:
             async with self.starting:
                 if not self.started_up:
+                    began = time.perf_counter()
                     await asyncio.to_thread(self.storage_lease.acquire)
+                    leased = time.perf_counter()
                     self.core = await asyncio.to_thread(self._load)
+                    log.info(
+                        "registry %s: lease %.3f s, state %.3f s (%d records)",
+                        self.incarnation, leased - began, time.perf_counter() - leased,
+                        len(self.core.tasks),
+                    )  # fmt: skip
                     self.reads, self.intake = Reads(self.core), Intake(self.core)
                     self.core.commits.allowed = lambda: self.storage_lease.held
                     self.core.spawn(self._renew_lease())
                     self.core.spawn(keep_the_collector_young())
                     self.started_up = True
         await self.core.boot()
+        if archive and not self.core.archive_ready:
+            await self.core.archived()
 
     def _load(self) -> RegistryCore:
         output_url_expires, retention_seconds, fsync = self.settings
@@ -148,7 +159,7 @@ class Registry:
                 log.warning("could not renew the storage's lease", exc_info=True)
 
     async def ping(self) -> dict[str, Any]:
-        await self._ready()
+        await self._ready(archive=False)
         return {"tasks": len(self.core.tasks), "load_problems": self.core.load_problems}
 
     async def purge(self, older_than_seconds: float) -> int:
@@ -159,7 +170,7 @@ class Registry:
     # ---- writes ---------------------------------------------------------------------
 
     async def register_queue(self, definition: dict[str, Any], blob: bytes) -> None:
-        await self._ready()
+        await self._ready(archive=False)
         await self.intake.register_queue(definition, blob)
 
     async def submit(
@@ -170,7 +181,7 @@ class Registry:
         A `client` holding a lease on the queue (see `lease`) fills its leased slots first.
         Idempotent by id: an id already stored is skipped.
         """
-        await self._ready()
+        await self._ready(archive=False)
         return await self.intake.submit(queue, items, client)
 
     async def submit_each(
@@ -178,22 +189,22 @@ class Registry:
     ) -> list[list[str] | RaybeamError]:
         """`submit` for several callers at once (the HTTP API's concurrent requests): each
         call is admitted or refused on its own, and all are stored in one write."""
-        await self._ready()
+        await self._ready(archive=False)
         return await self.intake.submit_each(calls)
 
     async def lease(self, queue: str, client: str, want: int) -> int:
         """Set aside up to `want` more slots for `client`'s next puts; returns its slots now."""
-        await self._ready()
+        await self._ready(archive=False)
         return self.intake.lease(queue, client, want)
 
     async def started(self, task_id: str, run: str, container_id: str) -> None:
         """A worker began an attempt. Stored with the next batch; nobody waits on this, and a
         registry that dies before storing it finds the task unstarted and runs it again."""
-        await self._ready()
+        await self._ready(archive=False)
         self.core.started(task_id, run, container_id)
 
     async def cancel(self, task_ids: list[str]) -> list[str]:
-        await self._ready()
+        await self._ready(archive=False)
         return await self.intake.cancel(task_ids)
 
     async def retry_tasks(
@@ -205,13 +216,13 @@ class Registry:
 
     async def progress(self, task_id: str, run: str, value: Any) -> None:
         """A running attempt's latest progress; fire and forget (workers coalesce)."""
-        await self._ready()
+        await self._ready(archive=False)
         self.core.progress(task_id, run, value)
 
     # ---- reads, answered from what is stored -----------------------------------------
 
     async def queue_info(self, name: str) -> dict[str, Any] | None:
-        await self._ready()
+        await self._ready(archive=False)
         return self.core.definition(name)
 
     async def get(self, task_id: str) -> dict[str, Any] | None:

@@ -39,7 +39,7 @@ class Retention(Middleware):
             folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs or r.result_key}
             await asyncio.to_thread(self._remove_outputs, folders)
         # archive files go whole, once their newest task is past the retention
-        archive = self.host.archive
+        archive = await self.host.archived()
         forgotten = len(old)
         for file in archive.expired(cutoff):
             forgotten += len(file)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -12,13 +13,14 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from raybeam.archive import Archive
 from raybeam.core import RegistryCore
 from raybeam.intake import Intake
 from raybeam.middleware.retention import Retention
 from raybeam.reads import Reads
 from raybeam.record import TaskStatus
 from raybeam.wire import failed, succeeded
-from tests.unit.test_core import definition, dispatched, run
+from tests.unit.test_core import definition, dispatched, make_core, run
 
 pytestmark = pytest.mark.timeout(60)
 S = TaskStatus
@@ -355,3 +357,61 @@ def test_a_crash_between_the_archive_file_and_the_journal_duplicates_nothing(
         assert len(await list_all(Reads(core), None, None, 2)) == 5
 
     run(tmp_path, third)
+
+
+def test_a_restart_answers_before_the_archive_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The live state is all a restart waits for; the archive's index is read in a thread
+    beside it, and what needs the archive waits for that read. A read that fails is tried
+    again by the next caller."""
+    ids = [uid(n) for n in range(6)]
+
+    async def first(core: RegistryCore) -> None:
+        await fill(core, "q", ids)
+        assert await archive_all(core) == 6
+
+    run(tmp_path, first)
+
+    release = threading.Event()
+    tries: list[int] = []
+    load = Archive.load
+
+    def slow_load(archive: Archive) -> list[str]:
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError("storage away")
+        assert release.wait(20)
+        return load(archive)
+
+    monkeypatch.setattr(Archive, "load", slow_load)
+
+    async def second() -> None:
+        core = make_core(tmp_path)
+        try:
+            await core.boot()  # the first read of the index failed, in the background
+            await asyncio.sleep(0.05)
+            assert tries == [1] and not core.archive_ready
+            # live work goes on: a new task is stored and runs
+            await Intake(core).submit("q", [{"id": uid(99), "payload": "p", "overrides": {}}])
+            sent = dict(dispatched(core).submitted)
+            await core.settle(uid(99), sent[uid(99)], succeeded(1, []))
+            # what needs the archive waits for it (and tries the read again)
+            sweep = asyncio.ensure_future(core.archive_ended(3600.0))
+            archived = asyncio.ensure_future(core.archived())
+            await asyncio.sleep(0.1)
+            assert not sweep.done() and not archived.done() and len(tries) == 2
+            release.set()
+            assert await archived is core.archive and core.archive_ready
+            assert await sweep == 0
+            assert len(core.archive) == 6
+            assert (await Reads(core).get(ids[0]))["status"] == "COMPLETE"
+            listed = await list_all(Reads(core), "q", None, 4)
+            assert listed[0] == uid(99) and sorted(listed[1:]) == sorted(ids)
+        finally:
+            release.set()
+            for task in list(core.background):
+                task.cancel()
+            await asyncio.gather(*core.background, return_exceptions=True)
+
+    asyncio.run(second())

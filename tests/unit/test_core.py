@@ -102,6 +102,7 @@ def run(
     async def main() -> None:
         core = make_core(root, hooks)
         await core.boot()
+        await core.archived()  # as every registry call that may read it waits for it
         try:
             await scenario(core)
         finally:
