@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any
 
 from raybeam.admission import SpecCache
@@ -34,6 +34,33 @@ log = logging.getLogger("raybeam.registry")
 
 RUNNING, RETRY, PENDING = TaskStatus.RUNNING, TaskStatus.RETRY, TaskStatus.PENDING
 CANCELLED, FAILED, COMPLETE = TaskStatus.CANCELLED, TaskStatus.FAILED, TaskStatus.COMPLETE
+
+
+class Once:
+    """A step run once and shared by every caller that awaits it meanwhile; a step that
+    raised is run again by the next caller."""
+
+    def __init__(self, step: Callable[[], Awaitable[None]]) -> None:
+        self.step = step
+        self.done = False
+        self._running: asyncio.Future[None] | None = None
+
+    async def __call__(self) -> None:
+        if self.done:
+            return
+        if self._running is None:
+            self._running = asyncio.ensure_future(self._run())
+        running = self._running
+        try:
+            await asyncio.shield(running)
+        except Exception:
+            if self._running is running:
+                self._running = None
+            raise
+
+    async def _run(self) -> None:
+        await self.step()
+        self.done = True
 
 
 class RegistryCore:
@@ -66,8 +93,7 @@ class RegistryCore:
         #: read in the background once booted (see `archived`): a restart waits for the
         #: live state only, so its cost follows the live tasks, not the history
         self.archive = Archive(journal.fs, journal.root)
-        self.archive_ready = False
-        self._archive_loading: asyncio.Future[None] | None = None
+        self._archive_read = Once(self._load_archive)
         self.idempotency = IdempotencyKeys(state.idempotency)
         #: output id -> its storage key, so a download finds its file without a listing
         self.output_keys = {o["id"]: o["key"] for r in self.tasks.values() for o in r.outputs}
@@ -93,9 +119,8 @@ class RegistryCore:
         self.commits = GroupCommit(
             journal, lambda: everything(self), lambda: len(self.tasks), stored
         )
-        self.booted = False
         self._writing = False
-        self._booting: asyncio.Future[None] | None = None
+        self._booted = Once(self._boot)
         self.dispatch = dispatch(self)
         self.hooks = middleware(self)
         #: per hook name, the middleware that define it (the others' hooks do nothing: the
@@ -112,20 +137,16 @@ class RegistryCore:
         load the functions (in a thread), resume every task that was not final. A task that
         cannot resume fails alone, with its reason; a boot that raises is tried again by the
         next call."""
-        if self.booted:
+        if self._booted.done:
             return
-        if self._booting is None:
-            if not self._writing:
-                self._writing = True
-                self.spawn(self.commits.run())
-            self._booting = asyncio.ensure_future(self._boot())
-        booting = self._booting
-        try:
-            await asyncio.shield(booting)
-        except Exception:
-            if self._booting is booting:
-                self._booting = None
-            raise
+        if not self._writing:
+            self._writing = True
+            self.spawn(self.commits.run())
+        await self._booted()
+
+    @property
+    def booted(self) -> bool:
+        return self._booted.done
 
     async def _boot(self) -> None:
         self.spawn(self._read_archive_soon())
@@ -146,7 +167,6 @@ class RegistryCore:
                 hook.on_boot()
             except Exception:
                 log.exception("hook %s failed at boot", type(hook).__name__)
-        self.booted = True
 
     async def _sweep_keys(self) -> None:
         while True:
@@ -235,17 +255,12 @@ class RegistryCore:
     async def archived(self) -> Archive:
         """The archive, once its index is read (in a thread: calls that need no archive are
         answered meanwhile). A read that failed is tried again by the next caller."""
-        if not self.archive_ready:
-            if self._archive_loading is None:
-                self._archive_loading = asyncio.ensure_future(self._load_archive())
-            loading = self._archive_loading
-            try:
-                await asyncio.shield(loading)
-            except Exception:
-                if self._archive_loading is loading:
-                    self._archive_loading = None
-                raise
+        await self._archive_read()
         return self.archive
+
+    @property
+    def archive_ready(self) -> bool:
+        return self._archive_read.done
 
     async def _read_archive_soon(self) -> None:
         try:
@@ -259,7 +274,7 @@ class RegistryCore:
         # a final task stored again since it was archived (requeued, or a crash came between
         # its archive file and the journal's deletion): the copy in memory counts
         archive.bury_many(r.id for r in self.tasks.values() if r.status.is_final)
-        self.archive, self.archive_ready = archive, True
+        self.archive = archive
         self.load_problems += problems
 
     async def archive_ended(self, older_than: float) -> int:
