@@ -130,20 +130,21 @@ async def acall(method: str, *args: Any) -> Any:
 
 
 #: the most slots a client leases on a queue at once
-MAX_LEASE = 1024
+MAX_LEASE = 4096
 #: leased puts are sent in batches of up to this many ... (each batch is one registry call,
 #: one journal commit and Ray tasks sized to it: 256 where 64 cost the registry 0.08-0.09 ms
 #: a put where 0.12-0.16)
-BATCH = 256
+BATCH = 1024
 #: ... or once no put came for this many seconds (the loop paused or ended) ...
 SEND_DELAY = 0.002
 #: ... or this many seconds after the oldest of them, whichever comes first. A loop that
-#: keeps putting sent 238 puts a call here, where sending what came within the sender
-#: thread's turn (Python's 5 ms switch interval) sent 94, and the registry spent 0.049-0.054
-#: ms a put where 0.054-0.080 (alternating runs)
-MAX_SEND_DELAY = 0.02
+#: keeps putting (12,000 puts a second on 2 cores) sends about 350 puts a call, and the
+#: registry spends 4.2-5.3x Ray's floor a put where 20 ms and batches of 256 (235 a call)
+#: cost 5.2-6.2x (alternating runs); sending what came within the sender thread's turn (94
+#: a call) cost more still. The price: a tight loop's tasks start up to 50 ms later.
+MAX_SEND_DELAY = 0.05
 #: with this many puts unanswered, a put waits for the oldest answers
-MAX_UNANSWERED = 1024
+MAX_UNANSWERED = 4096
 
 
 def send_at(oldest: float, newest: float) -> float:
@@ -166,9 +167,9 @@ class Pipeline:
     """`.put()` in a loop without a round trip per call.
 
     A put that finds no lease waits for the registry, as a lone put always does; if it came
-    soon after another put, it also asks for a lease (4 slots, then 16, 64, 256, 1024). Puts
-    within the lease cannot meet a full queue, so they return at once, and are sent in
-    batches a moment later. Ray runs one caller's calls to an actor in order, and every other
+    soon after another put, it also asks for a lease (4 slots, then 16, 64, 256, 1024,
+    4096). Puts within the lease cannot meet a full queue, so they return at once, and are
+    sent in batches a moment later. Ray runs one caller's calls to an actor in order, and every other
     registry call from this process (`Task.status()`, `wait`, ...) first sends and waits for
     the unanswered puts, so nothing about a task is read before it is stored; a process that
     exits does the same. An unanswered put whose answer is an error raises it from the next

@@ -57,21 +57,25 @@ class LatencyMetrics(Middleware):
         self.run_duration: dict[tuple[str, ...], Histogram] = {}
 
     def on_transition(self, rec: TaskRecord, old: TaskStatus, new: TaskStatus) -> None:
-        if new is _RUNNING:
-            if rec.attempts <= 1:
-                _histogram(self.start_latency, (rec.queue,)).observe(
-                    rec.updated_at - rec.created_at
-                )
+        # twice for every task: the histogram is looked up here, not through a helper
+        labels: tuple[str, ...]
+        since: float | None
+        if new is _RUNNING and rec.attempts <= 1:
+            labels, table, since = (rec.queue,), self.start_latency, rec.created_at
         elif old is _RUNNING:
-            # history ends with this transition; the entry before it is the start
             history = rec.history
-            started = rec.started_at
+            since = rec.started_at
             if len(history) >= 2 and history[-2][0] == _RUNNING_VALUE:
-                started = history[-2][1]
-            if started is not None:
-                _histogram(self.run_duration, (rec.queue, new._value_)).observe(
-                    rec.updated_at - started
-                )
+                since = history[-2][1]
+            labels, table = (rec.queue, new._value_), self.run_duration
+        else:
+            return
+        if since is None:
+            return
+        histogram = table.get(labels)
+        if histogram is None:
+            histogram = table[labels] = Histogram()
+        histogram.observe(rec.updated_at - since)
 
     def metrics(self) -> dict[str, Any]:
         """The histograms as plain data: `{name: [[labels, counts, sum, count], ...]}`."""
@@ -83,14 +87,6 @@ class LatencyMetrics(Middleware):
                 [list(k), h.counts, h.sum, h.count] for k, h in self.run_duration.items()
             ],
         }
-
-
-def _histogram(table: dict[tuple[str, ...], Histogram], labels: tuple[str, ...]) -> Histogram:
-    """The histogram of `labels` in `table`, made on first use."""
-    histogram = table.get(labels)
-    if histogram is None:
-        histogram = table[labels] = Histogram()
-    return histogram
 
 
 _RUNNING = TaskStatus.RUNNING

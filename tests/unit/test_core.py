@@ -173,6 +173,49 @@ def test_a_task_walks_to_complete_with_counters_timers_and_waiters(tmp_path: Pat
     run(tmp_path, scenario)
 
 
+def test_an_attempt_that_ends_before_it_reports_its_start_ran_in_one_step(
+    tmp_path: Path,
+) -> None:
+    """A pack member reports only its outcome: the record passes through RUNNING to
+    COMPLETE at once, and the hooks see both changes; a failed one goes the long way."""
+    seen: list[tuple[str, str, str]] = []
+
+    class Transitions(middleware.Middleware):
+        def on_transition(self, rec: TaskRecord, old: TaskStatus, new: TaskStatus) -> None:
+            seen.append((rec.id, old.value, new.value))
+
+    def hooks(host: Host) -> list[middleware.Middleware]:
+        return [*middleware.default(host), Transitions(host)]
+
+    async def scenario(core: RegistryCore) -> None:
+        await Intake(core).register_queue(definition(retries=0), b"blob")
+        await Intake(core).submit("q", [item("a"), item("b")])
+        runs = dict(dispatched(core).submitted)
+        began = time.time() - 5
+        await core.settle("a", runs["a"], {**ok(3), "container_id": "w1", "started_at": began})
+        await core.settle("b", runs["b"], failed("boom", retryable=False))
+        a, b = core.tasks["a"], core.tasks["b"]
+        assert [s for s, _ in a.history] == ["PENDING", "RUNNING", "COMPLETE"]
+        assert [s for s, _ in b.history] == ["PENDING", "RUNNING", "FAILED"]
+        assert seen == [
+            ("a", "PENDING", "RUNNING"), ("a", "RUNNING", "COMPLETE"),
+            ("b", "PENDING", "RUNNING"), ("b", "RUNNING", "FAILED"),
+        ]  # fmt: skip
+        assert (a.attempts, a.container_id, a.started_at) == (1, "w1", began)
+        assert core.running["q"] == 0 and core.depth("q") == 0
+        assert dict(core.by_status["q"]) == {"PENDING": 0, "RUNNING": 0, "COMPLETE": 1, "FAILED": 1}
+        assert not core.timers.has("a") and not core.timers.has("b")
+        stats = Reads(core).metrics()
+        assert [row[3] for row in stats["raybeam_task_start_latency_seconds"]] == [2]
+        ran = {tuple(row[0]): row[3] for row in stats["raybeam_task_run_duration_seconds"]}
+        assert ran == {("q", "COMPLETE"): 1, ("q", "FAILED"): 1}
+        await core.persist()
+        reloaded = make_core(tmp_path)
+        assert [s for s, _ in reloaded.tasks["a"].history] == ["PENDING", "RUNNING", "COMPLETE"]
+
+    run(tmp_path, scenario, hooks)
+
+
 def test_stale_reports_are_ignored(tmp_path: Path) -> None:
     async def scenario(core: RegistryCore) -> None:
         await Intake(core).register_queue(definition(), b"blob")
