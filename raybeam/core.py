@@ -400,11 +400,12 @@ class RegistryCore:
         if outcome["progress"] is not None:
             self._progress(rec, outcome["progress"])
         # the record lists the outputs of the attempt that counts: the latest one
-        for output in rec.outputs:
-            self.output_keys.pop(output["id"], None)
-        rec.outputs = list(outcome["outputs"])
-        for output in rec.outputs:
-            self.output_keys[output["id"]] = output["key"]
+        if rec.outputs or outcome["outputs"]:  # most tasks save none
+            for output in rec.outputs:
+                self.output_keys.pop(output["id"], None)
+            rec.outputs = list(outcome["outputs"])
+            for output in rec.outputs:
+                self.output_keys[output["id"]] = output["key"]
         if outcome["ok"]:
             busy = outcome.get("busy")
             if isinstance(busy, float) or isinstance(busy := outcome["duration"], float):
@@ -450,7 +451,7 @@ class RegistryCore:
         """Move `rec` to `new`; with `then`, on through `new` to `then` in one step (an
         attempt that ran and ended before it reported its start): the hooks see both
         changes, and the journal, timers, waiters and counters only where it ended, once
-        (a pack's members did all of that twice, 15% of the registry's Python a task)."""
+        (a pack's members did all of that twice)."""
         old = rec.status
         rec.transition(new)
         if then is not None:

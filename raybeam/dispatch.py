@@ -166,7 +166,8 @@ class Dispatcher:
     def ended(self, rec: TaskRecord) -> None:
         self.refs.pop(rec.id, None)
         self.packed.discard(rec.id)
-        self.alone.discard(rec.id)
+        if self.alone:  # nearly always empty
+            self.alone.discard(rec.id)
 
     def submit(self, rec: TaskRecord, ahead: bool = False) -> None:
         """Send `rec` to Ray when its lane has room; `ahead` puts it before the tasks of its
