@@ -275,6 +275,8 @@ class RegistryCore:
         # its archive file and the journal's deletion): the copy in memory counts
         archive.bury_many(r.id for r in self.tasks.values() if r.status.is_final)
         self.archive = archive
+        for problem in problems:
+            log.warning("registry archive: %s", problem)
         self.load_problems += problems
 
     async def archive_ended(self, older_than: float) -> int:

@@ -159,8 +159,15 @@ class Registry:
                 log.warning("could not renew the storage's lease", exc_info=True)
 
     async def ping(self) -> dict[str, Any]:
+        """Live tasks held, and what could not be read: `load_problems` holds the archive's
+        problems too once `archive_read` (its index is read after the first answer)."""
         await self._ready(archive=False)
-        return {"tasks": len(self.core.tasks), "load_problems": self.core.load_problems}
+        core = self.core
+        return {
+            "tasks": len(core.tasks),
+            "load_problems": core.load_problems,
+            "archive_read": core.archive_ready,
+        }
 
     async def purge(self, older_than_seconds: float) -> int:
         """Forget final tasks that ended over `older_than_seconds` ago, outputs included."""

@@ -415,3 +415,26 @@ def test_a_restart_answers_before_the_archive_is_read(
             await asyncio.gather(*core.background, return_exceptions=True)
 
     asyncio.run(second())
+
+
+def test_a_damaged_archive_file_is_logged_and_reported_once_the_index_is_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The archive is read after the first answer, so its problems join the registry's
+    `load_problems` then, and are logged as the journal's are."""
+    ids = [uid(n) for n in range(4)]
+
+    async def first(core: RegistryCore) -> None:
+        await fill(core, "q", ids)
+        assert await archive_all(core) == 4
+
+    run(tmp_path, first)
+    folder = tmp_path / "storage" / "registry" / "archive"
+    (folder / "0000000000000099.parquet").write_bytes(b"not parquet")
+
+    async def second(core: RegistryCore) -> None:
+        assert core.archive_ready and len(core.archive) == 4
+        assert [p for p in core.load_problems if "0000000000000099.parquet" in p]
+
+    run(tmp_path, second)
+    assert "registry archive: archive file" in caplog.text and "0000000000000099.parquet" in caplog.text
