@@ -138,10 +138,10 @@ BATCH = 1024
 #: ... or once no put came for this many seconds (the loop paused or ended) ...
 SEND_DELAY = 0.002
 #: ... or this many seconds after the oldest of them, whichever comes first. A loop that
-#: keeps putting (12,000 puts a second on 2 cores) sends about 350 puts a call, and the
-#: registry spends 4.2-5.3x Ray's floor a put where 20 ms and batches of 256 (235 a call)
-#: cost 5.2-6.2x (alternating runs); sending what came within the sender thread's turn (94
-#: a call) cost more still. The price: a tight loop's tasks start up to 50 ms later.
+#: keeps putting sends about 350 puts a call, and the registry spends 0.051-0.077 ms a put
+#: where 20 ms and batches of 256 (235 a call) cost 0.071-0.096 (8 pairs of alternating
+#: runs); sending what came within the sender thread's turn (94 a call) cost more still.
+#: The price: a tight loop's tasks start up to 50 ms later.
 MAX_SEND_DELAY = 0.05
 #: with this many puts unanswered, a put waits for the oldest answers
 MAX_UNANSWERED = 4096

@@ -437,4 +437,7 @@ def test_a_damaged_archive_file_is_logged_and_reported_once_the_index_is_read(
         assert [p for p in core.load_problems if "0000000000000099.parquet" in p]
 
     run(tmp_path, second)
-    assert "registry archive: archive file" in caplog.text and "0000000000000099.parquet" in caplog.text
+    assert (
+        "registry archive: archive file" in caplog.text
+        and "0000000000000099.parquet" in caplog.text
+    )
