@@ -14,6 +14,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from raybeam.admission import SpecCache
@@ -186,13 +187,17 @@ class RegistryCore:
             self.hook("on_enqueued", rec)
         self.release(rec)
 
-    def release(self, rec: TaskRecord) -> None:
-        """Hand `rec` to dispatch now, or when its schedule comes (a delay or run_at)."""
-        wait = 0.0 if rec.scheduled_for is None else rec.scheduled_for - time.time()
-        if rec.status is PENDING and wait > 0:
-            self.timers.later("delay", rec.id, wait, lambda: self._due(rec.id))
-        else:
-            self.dispatch.submit(rec)
+    def release(self, *records: TaskRecord) -> None:
+        """Hand records to dispatch now, or each when its schedule comes (a delay or run_at)."""
+        now = time.time()
+        ready = []
+        for rec in records:
+            wait = 0.0 if rec.scheduled_for is None else rec.scheduled_for - now
+            if rec.status is PENDING and wait > 0:
+                self.timers.later("delay", rec.id, wait, partial(self._due, rec.id))
+            else:
+                ready.append(rec)
+        self.dispatch.submit_all(ready)
 
     def _due(self, task_id: str) -> None:
         rec = self.tasks.get(task_id)

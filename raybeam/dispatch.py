@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -20,7 +20,7 @@ from raybeam import codec
 from raybeam.containers import ContainerPool, ResourceDemand
 from raybeam.host import Host
 from raybeam.lanes import Lane, capacity
-from raybeam.record import TaskRecord, TaskStatus
+from raybeam.record import TaskRecord, TaskSpec, TaskStatus
 from raybeam.resources import pick_gpu_type
 from raybeam.runner import remote_attempt
 from raybeam.wire import Attempt, Outcome, failed, outcome_from
@@ -172,38 +172,54 @@ class Dispatcher:
     def submit(self, rec: TaskRecord, ahead: bool = False) -> None:
         """Send `rec` to Ray when its lane has room; `ahead` puts it before the tasks of its
         priority that wait (a pack member handed back unrun was ahead of them already)."""
-        blob = self.blob_refs.get(rec.spec.function)
-        payload = self.host.payload(rec.id)
-        if blob is None or payload is None:
-            missing = "function" if blob is None else "arguments"
-            self.host.fail(rec, TaskStatus.FAILED, f"the task's {missing} were not found")
-            return
-        rec.run = self.host.new_run()
-        options = rec.spec.ray_options  # never changed: a spec is shared by many records
-        if rec.spec.gpu_types:
-            gpu_type = pick_gpu_type(rec.spec.gpu_types, self._cluster_resources())
-            if gpu_type is not None:
-                options = {**options, "accelerator_type": gpu_type}
-        attempt = Attempt(
-            task_id=rec.id,
-            queue=rec.queue,
-            run=rec.run,
-            attempt=rec.attempts + 1,
-            payload=payload,
-            callback_url=rec.spec.callback_url,
-            timeout=rec.spec.timeout,
-            storage_url=self.host.storage_url,
-        )
-        pool = self.pool(rec)
-        if pool is not None:
-            pool.enqueue(attempt, rec.spec.function, blob, options, rec.priority)
-            return
-        key = self._lane_key(rec, options)
-        lane = self.lanes.get(key)
-        if lane is None:
-            lane = self.lanes[key] = Lane()
-        lane.push(rec.priority, (rec, blob, attempt, options), ahead)
-        self._mark(key)
+        self.submit_all([rec], ahead)
+
+    def submit_all(self, records: Sequence[TaskRecord], ahead: bool = False) -> None:
+        """`submit` each of `records` in turn. Records of one spec and queue in a row (a
+        `map()` call's, a batch of puts) share the route worked out for the first: the
+        function, the warm pool or the lane; a GPU type is picked for each attempt."""
+        route: tuple[TaskSpec, str, Any, ContainerPool | Lane, dict[str, Any], Key] | None = None
+        marked: list[Key] = []
+        for rec in records:
+            spec = rec.spec
+            if route is None or route[0] is not spec or route[1] != rec.queue or spec.gpu_types:
+                options = spec.ray_options  # never changed: a spec is shared by many records
+                if spec.gpu_types:
+                    gpu_type = pick_gpu_type(spec.gpu_types, self._cluster_resources())
+                    if gpu_type is not None:
+                        options = {**options, "accelerator_type": gpu_type}
+                key = self._lane_key(rec, options)
+                to: ContainerPool | Lane | None = self.pool(rec)
+                if to is None:
+                    to = self.lanes.get(key)
+                    if to is None:
+                        to = self.lanes[key] = Lane()
+                route = (spec, rec.queue, self.blob_refs.get(spec.function), to, options, key)
+            _, _, blob, to, options, key = route
+            payload = self.host.payload(rec.id)
+            if blob is None or payload is None:
+                missing = "function" if blob is None else "arguments"
+                self.host.fail(rec, TaskStatus.FAILED, f"the task's {missing} were not found")
+                continue
+            rec.run = self.host.new_run()
+            attempt = Attempt(
+                task_id=rec.id,
+                queue=rec.queue,
+                run=rec.run,
+                attempt=rec.attempts + 1,
+                payload=payload,
+                callback_url=spec.callback_url,
+                timeout=spec.timeout,
+                storage_url=self.host.storage_url,
+            )
+            if isinstance(to, ContainerPool):
+                to.enqueue(attempt, spec.function, blob, options, rec.priority)
+                continue
+            to.push(rec.priority, (rec, blob, attempt, options), ahead)
+            if not marked or marked[-1] != key:
+                marked.append(key)
+        for key in marked:
+            self._mark(key)
 
     def _lane_key(self, rec: TaskRecord, options: dict[str, Any]) -> Key:
         """The lane of `rec` sent with these Ray options: by queue, max_calls and options.

@@ -15,7 +15,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -193,6 +193,10 @@ class Dispatch(Protocol):
 
     def submit(self, rec: TaskRecord) -> None:
         """Hand the next attempt of `rec` out (a new submission id is set on it)."""
+        ...
+
+    def submit_all(self, records: Sequence[TaskRecord]) -> None:
+        """`submit` each of `records`, in turn."""
         ...
 
     def stop(self, rec: TaskRecord) -> None:

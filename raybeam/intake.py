@@ -102,10 +102,10 @@ class Intake:
     async def stored(self, records: list[TaskRecord]) -> None:
         """Wait until new records are stored, then start them."""
         await self.core.commits.commit()
-        for rec in records:
-            if rec.status is PENDING:
-                self.core.hook("on_enqueued", rec)
-                self.core.release(rec)
+        waiting = [rec for rec in records if rec.status is PENDING]
+        for rec in waiting:
+            self.core.hook("on_enqueued", rec)
+        self.core.release(*waiting)
 
     def lease(self, queue: str, client: str, want: int) -> int:
         self._definition(queue)

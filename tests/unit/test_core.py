@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from raybeam import middleware
 from raybeam.admission import SPEC_CACHE
 from raybeam.core import RegistryCore
+from raybeam.dispatch import Dispatcher
 from raybeam.errors import IdempotencyConflict, QueueFull, QueueNotFound, TaskNotFinal
 from raybeam.host import Host
 from raybeam.intake import Intake
@@ -47,6 +48,10 @@ class FakeDispatch:
     def submit(self, rec: TaskRecord) -> None:
         rec.run = self.host.new_run()
         self.submitted.append((rec.id, rec.run))
+
+    def submit_all(self, records: Sequence[TaskRecord]) -> None:
+        for rec in records:
+            self.submit(rec)
 
     def stop(self, rec: TaskRecord) -> None:
         self.stopped.append(rec.id)
@@ -214,6 +219,51 @@ def test_an_attempt_that_ends_before_it_reports_its_start_ran_in_one_step(
         assert [s for s, _ in reloaded.tasks["a"].history] == ["PENDING", "RUNNING", "COMPLETE"]
 
     run(tmp_path, scenario, hooks)
+
+
+def test_records_in_a_row_share_a_route_and_keep_their_order(tmp_path: Path) -> None:
+    """The real dispatcher (nothing sent to Ray: its flush is held): records of one spec in
+    a row are routed once, a different spec between them gets its own route, every record
+    gets its own attempt, and one without its arguments ends alone."""
+
+    class Held(Dispatcher):
+        def _flush(self) -> None:
+            self.outbox_flush = False
+
+    storage = Storage(str(tmp_path / "storage"), signing_key="k")
+    core = RegistryCore(
+        Journal(storage.fs, storage.path("registry")),
+        storage,
+        output_url_expires=3600,
+        retention_seconds=86400,
+        incarnation="test",
+        dispatch=Held,
+        middleware=middleware.default,
+    )
+
+    async def main() -> None:
+        await core.boot()
+        intake = Intake(core)
+        await intake.register_queue(definition(), b"blob")
+        await intake.submit("q", [item("a"), item("b", timeout=5), item("c"), item("d")])
+        later = {"id": "e", "payload": "p", "overrides": {}, "options": {"delay": 60}}
+        await intake.submit("q", [later])
+        assert isinstance(core.dispatch, Held)
+        (lane,) = core.dispatch.lanes.values()
+        waiting = lane.pop(10)
+        assert [rec.id for rec, _, _, _ in waiting] == ["a", "b", "c", "d"]
+        assert [attempt.timeout for _, _, attempt, _ in waiting] == [3600, 5, 3600, 3600]
+        assert len({attempt.run for _, _, attempt, _ in waiting}) == 4
+        assert all(attempt.run == rec.run for rec, _, attempt, _ in waiting)
+        del core.payloads["e"]
+        core._due("e")  # its delay is over, and its arguments are gone
+        assert core.tasks["e"].status is S.CANCELLED  # it never ran: called off
+        assert core.tasks["e"].failure_reason == "the task's arguments were not found"
+        for task in list(core.background):
+            task.cancel()
+        await asyncio.gather(*core.background, return_exceptions=True)
+
+    asyncio.run(main())
 
 
 def test_stale_reports_are_ignored(tmp_path: Path) -> None:
