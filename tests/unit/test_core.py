@@ -85,7 +85,9 @@ def item(task_id: str, **overrides: Any) -> dict[str, Any]:
 
 
 def make_core(
-    root: Path, hooks: Callable[[Host], list[middleware.Middleware]] = middleware.default
+    root: Path,
+    hooks: Callable[[Host], list[middleware.Middleware]] = middleware.default,
+    dispatch: Callable[[Host], Any] = FakeDispatch,
 ) -> RegistryCore:
     storage = Storage(str(root / "storage"), signing_key="k")
     return RegistryCore(
@@ -94,7 +96,7 @@ def make_core(
         output_url_expires=3600,
         retention_seconds=86400,
         incarnation="test",
-        dispatch=FakeDispatch,
+        dispatch=dispatch,
         middleware=hooks,
     )
 
@@ -230,16 +232,7 @@ def test_records_in_a_row_share_a_route_and_keep_their_order(tmp_path: Path) -> 
         def _flush(self) -> None:
             self.outbox_flush = False
 
-    storage = Storage(str(tmp_path / "storage"), signing_key="k")
-    core = RegistryCore(
-        Journal(storage.fs, storage.path("registry")),
-        storage,
-        output_url_expires=3600,
-        retention_seconds=86400,
-        incarnation="test",
-        dispatch=Held,
-        middleware=middleware.default,
-    )
+    core = make_core(tmp_path, dispatch=Held)
 
     async def main() -> None:
         await core.boot()
