@@ -20,7 +20,7 @@ from raybeam.middleware.retention import Retention
 from raybeam.reads import Reads
 from raybeam.record import TaskStatus
 from raybeam.wire import failed, succeeded
-from tests.unit.test_core import definition, dispatched, make_core, run
+from tests.support.cores import definition, dispatched, make_core, run
 
 pytestmark = pytest.mark.timeout(60)
 S = TaskStatus

@@ -13,22 +13,19 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
 
-from raybeam import middleware
 from raybeam.core import RegistryCore
 from raybeam.host import Host
-from raybeam.journal import Journal
 from raybeam.reads import Reads
 from raybeam.record import TaskRecord, TaskSpec, TaskStatus
-from raybeam.storage import Storage
 from serve_app import dashboard, guard
 from serve_app.app import create_app
+from tests.support.cores import make_core
 from tests.support.fake_dns import use_fake_dns
 
 TASKS = 100_000
@@ -90,17 +87,7 @@ def fill(core: RegistryCore) -> list[str]:
 
 @pytest.fixture(scope="module")
 def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryCore, list[str]]]:
-    root: Path = tmp_path_factory.mktemp("scale")
-    storage = Storage(str(root / "storage"), signing_key="k")
-    core = RegistryCore(
-        Journal(storage.fs, storage.path("registry")),
-        storage,
-        output_url_expires=3600,
-        retention_seconds=86400,
-        incarnation="scale",
-        dispatch=Dispatch,
-        middleware=middleware.default,
-    )
+    core = make_core(tmp_path_factory.mktemp("scale"), dispatch=Dispatch)
     for name in QUEUES:
         core.queues[name] = {"name": name}
     core.queues["never_used"] = {"name": "never_used"}
