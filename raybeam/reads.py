@@ -190,17 +190,21 @@ class Reads:
             if after is None:
                 return [], None  # the cursor's task is gone (retention): the listing ended
         # the newest limit + 1 live matches, in a heap whose first item is the oldest kept.
-        # Records are kept in the order they were admitted, so the walk stops once it is a
-        # second older than that (a task brought back from the archive comes last, and
-        # sorts into place here)
+        # Records are kept in the order they were admitted, so the walk stops at the first
+        # of those a second older than that. A task brought back from the archive is held
+        # out of that order (it comes later, with its old creation time): it sorts into
+        # place here, and never stops the walk
         live: list[tuple[Key, TaskRecord | None, Any]] = []
         newest = float("inf") if after is None else after[0]
         floor = float("-inf")
+        out_of_order = core.out_of_order
         for rec in reversed(core.tasks.values()):
             created = rec.created_at
             if created > newest:
                 continue  # before the cursor
             if created < floor:
+                if rec.id in out_of_order:
+                    continue
                 break
             if (queue is not None and rec.queue != queue) or (
                 status is not None and rec.status.value != status

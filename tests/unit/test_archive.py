@@ -151,6 +151,29 @@ def test_listing_crosses_live_and_archived_pages_without_gaps_or_duplicates(tmp_
     run(tmp_path, scenario)
 
 
+def test_tasks_brought_back_from_the_archive_never_cut_a_listing_short(tmp_path: Path) -> None:
+    olds = [uid(n) for n in range(5)]
+    news = [uid(n) for n in range(100, 103)]
+
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        await fill(core, "q", olds)
+        for n, t in enumerate(olds):  # made minutes apart, long ago
+            core.tasks[t].created_at -= 600 + 100 * n
+        await archive_all(core)
+        await fill(core, "q", news)  # newer than every old one, held in admission order
+        for t in olds[::-1]:  # back in memory after the new ones, the oldest first
+            assert await core.unarchive(t) is not None
+        expected = news[::-1] + olds  # newest first
+        for limit in (1, 2, 3, 4, 10):
+            assert await list_all(reads, None, None, limit) == expected, limit
+            assert await list_all(reads, "q", "FAILED", limit) == [
+                t for t in expected if (await reads.get(t))["status"] == "FAILED"
+            ], limit
+
+    run(tmp_path, scenario)
+
+
 def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
     ids = [uid(n) for n in range(6)]
 
