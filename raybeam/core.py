@@ -18,7 +18,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from raybeam.admission import SpecCache
-from raybeam.archive import FILE_ROWS, Archive, id_halves
+from raybeam.archive import DEAD, FILE_ROWS, Archive, id_halves
 from raybeam.host import Dispatch, Host, Timers
 from raybeam.idempotency import IdempotencyKeys
 from raybeam.journal import GroupCommit, Journal
@@ -103,6 +103,8 @@ class RegistryCore:
         #: ids of records held out of creation order (brought back from the archive); the
         #: others are held in the order they were made (and load in that order)
         self.out_of_order: set[str] = set()
+        #: ids of final records a call is working on (a requeue): the archive leaves them
+        self.pinned: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
         self.running: Counter[str] = Counter()
         #: tasks held by queue and status: queue_stats and /metrics read these, not the tasks
@@ -301,6 +303,7 @@ class RegistryCore:
                 rec.status.is_final
                 and (rec.ended_at or rec.updated_at) < cutoff
                 and not self.commits.pending("task", rec.id)
+                and rec.id not in self.pinned
                 and id_halves(rec.id) is not None  # ids are UUIDs; any other stays here
                 and not any(hook.keeps(rec) for hook in self.hooks)
             ):
@@ -314,7 +317,11 @@ class RegistryCore:
         written = await asyncio.to_thread(self.archive.write, batch, payloads)
         self.archive.adopt(written)
         for rec in batch:
-            if self.tasks.get(rec.id) is rec and _mark(rec) == marks[rec.id]:
+            if (
+                self.tasks.get(rec.id) is rec
+                and _mark(rec) == marks[rec.id]
+                and rec.id not in self.pinned
+            ):
                 self.forget(rec)
             else:
                 self.archive.bury(rec.id)
@@ -339,23 +346,32 @@ class RegistryCore:
 
     async def unarchive(self, task_id: str) -> TaskRecord | None:
         """Bring an archived task back into memory (to requeue it); None if unknown."""
+        return (await self.unarchive_many([task_id])).get(task_id)
+
+    async def unarchive_many(self, task_ids: Iterable[str]) -> dict[str, TaskRecord]:
+        """`unarchive` of many tasks: their rows read in one pass, in a thread. Those found,
+        in memory already or brought back, by id."""
         await self.archived()
-        found = await asyncio.to_thread(self.archive.read, task_id)
-        live = self.tasks.get(task_id)
-        if live is not None or found is None:
-            return live
-        rec, payload = found
-        self.archive.bury(task_id)
-        self.tasks[rec.id] = rec
-        self.out_of_order.add(rec.id)
-        self.by_status[rec.queue][rec.status.value] += 1
-        for output in rec.outputs:
-            self.output_keys[output["id"]] = output["key"]
-        if payload is not None:
-            self.payloads[rec.id] = payload
-            self.commits.stage("payload", rec.id, payload)
-        self.stage(rec)
-        return rec
+        wanted = list(dict.fromkeys(task_ids))
+        places = {
+            t: found for t in wanted if t not in self.tasks and (found := self.archive.locate(t))
+        }
+        read = await asyncio.to_thread(self.archive.read_rows, list(places.values()))
+        for (rec, payload), task_id in zip(read, places, strict=True):
+            file, row = places[task_id]
+            if task_id in self.tasks or file.status[row] == DEAD:
+                continue  # brought back, or its file dropped, while the rows were read
+            self.archive.bury(task_id)
+            self.tasks[rec.id] = rec
+            self.out_of_order.add(rec.id)
+            self.by_status[rec.queue][rec.status.value] += 1
+            for output in rec.outputs:
+                self.output_keys[output["id"]] = output["key"]
+            if payload is not None:
+                self.payloads[rec.id] = payload
+                self.commits.stage("payload", rec.id, payload)
+            self.stage(rec)
+        return {t: held for t in wanted if (held := self.tasks.get(t)) is not None}
 
     def start(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from raybeam.admission import check_room
@@ -144,10 +145,38 @@ class Intake:
         ways: by ids (each must be final: TaskNotFinal names the first that is not), or the
         newest `limit` of `queue` with `status` that were not requeued already."""
         core = self.core
+        pinned: list[str] = []  # the archive leaves these in memory until this call ends
+        try:
+            olds = await self._requeued(task_ids, queue, status, limit, pinned)
+            return await self._requeue(olds)
+        finally:
+            core.pinned.subtract(pinned)
+            for task_id in pinned:
+                if core.pinned[task_id] <= 0:
+                    del core.pinned[task_id]
+
+    async def _requeued(
+        self,
+        task_ids: list[str] | None,
+        queue: str | None,
+        status: str | None,
+        limit: int,
+        pinned: list[str],
+    ) -> list[TaskRecord]:
+        """The final records a requeue takes, in memory and pinned there (into `pinned`)."""
+        core = self.core
+
+        def pin(ids: Iterable[str]) -> None:
+            for task_id in ids:
+                core.pinned[task_id] += 1
+                pinned.append(task_id)
+
         if task_ids is not None:
+            pin(task_ids)
+            found = await core.unarchive_many(task_ids)
             olds = []
             for task_id in task_ids:
-                rec = core.tasks.get(task_id) or await core.unarchive(task_id)
+                rec = found.get(task_id)
                 if rec is None:
                     raise TaskNotFound(f"no task with id {task_id!r}")
                 if not rec.status.is_final:
@@ -156,22 +185,35 @@ class Intake:
                         "requeued (cancel it first, or wait for it)"
                     )
                 olds.append(rec)
-        else:
-            olds = [
-                r for r in reversed(core.tasks.values())
-                if r.status.is_final and r.retried_as is None
-                and (queue is None or r.queue == queue)
-                and (status is None or r.status.value == status)
-            ][:limit]  # fmt: skip
-            # then the newest archived ones (an archived task was requeued in memory first)
-            if len(olds) < limit:
-                places = [(f, row) for _, f, row in core.archive.page(queue, status, None, limit)]
-                archived = await asyncio.to_thread(core.archive.read_rows, places)
-                for old, _ in archived:
-                    if old.retried_as is None and len(olds) < limit:
-                        rec = await core.unarchive(old.id)
-                        if rec is not None and rec.retried_as is None:
-                            olds.append(rec)
+            return olds
+        olds = [
+            r for r in reversed(core.tasks.values())
+            if r.status.is_final and r.retried_as is None
+            and (queue is None or r.queue == queue)
+            and (status is None or r.status.value == status)
+        ][:limit]  # fmt: skip
+        pin(r.id for r in olds)
+        # then the newest archived ones (an archived task was requeued in memory first)
+        if len(olds) < limit:
+            places = [(f, row) for _, f, row in core.archive.page(queue, status, None, limit)]
+            archived = await asyncio.to_thread(core.archive.read_rows, places)
+            ids = [old.id for old, _ in archived if old.retried_as is None]
+            pin(ids)
+            found = await core.unarchive_many(ids)
+            held = {r.id for r in olds}
+            for task_id in ids:
+                rec = found.get(task_id)
+                if (
+                    len(olds) < limit and rec is not None and rec.id not in held
+                    and rec.retried_as is None and rec.status.is_final
+                ):  # fmt: skip
+                    olds.append(rec)
+                    held.add(rec.id)
+        return olds
+
+    async def _requeue(self, olds: list[TaskRecord]) -> list[dict[str, str]]:
+        """New tasks for the final records `olds` (pinned in memory)."""
+        core = self.core
         by_queue: dict[str, list[TaskRecord]] = {}
         for rec in olds:
             by_queue.setdefault(rec.queue, []).append(rec)
@@ -179,13 +221,14 @@ class Intake:
             definition = self._definition(name)
             room = self.free(name)
             check_room(name, definition, core.counts[name], len(recs), 0, room)
+        for old in olds:  # all checked before any is made: a refusal makes none
+            if old.id not in core.payloads:
+                raise TaskNotFound(f"the arguments of task {old.id} are no longer stored")
         now = time.time()
         made: list[TaskRecord] = []
         answer = []
         for old in olds:
-            payload = core.payloads.get(old.id)
-            if payload is None:
-                raise TaskNotFound(f"the arguments of task {old.id} are no longer stored")
+            payload = core.payloads[old.id]
             [created] = core.created(now)
             new = TaskRecord(
                 id=str(uuid.uuid4()), queue=old.queue, spec=old.spec, created_at=created,

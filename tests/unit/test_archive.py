@@ -15,6 +15,7 @@ import pytest
 
 from raybeam.archive import Archive
 from raybeam.core import RegistryCore
+from raybeam.errors import TaskNotFound
 from raybeam.intake import Intake
 from raybeam.middleware.retention import Retention
 from raybeam.reads import Reads
@@ -170,8 +171,15 @@ def test_tasks_brought_back_from_the_archive_never_cut_a_listing_short(tmp_path:
             assert await list_all(reads, "q", "FAILED", limit) == [
                 t for t in expected if (await reads.get(t))["status"] == "FAILED"
             ], limit
+        await core.commits.commit()
 
     run(tmp_path, scenario)
+
+    async def after_restart(core: RegistryCore) -> None:
+        assert not core.out_of_order  # a restart loads the records in creation order
+        assert await list_all(Reads(core), None, None, 2) == news[::-1] + olds
+
+    run(tmp_path, after_restart)
 
 
 def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
@@ -210,6 +218,44 @@ def test_a_requeued_archived_task_comes_back_once(tmp_path: Path) -> None:
         assert len(await list_all(Reads(core), "q", None, 3)) == 9
 
     run(tmp_path, after_restart)
+
+
+def test_a_sweep_during_a_requeue_leaves_its_tasks_and_a_refused_requeue_makes_none(
+    tmp_path: Path,
+) -> None:
+    ids = [uid(n) for n in range(8)]
+
+    async def scenario(core: RegistryCore) -> None:
+        reads, intake = Reads(core), Intake(core)
+        await fill(core, "q", ids)
+        await archive_all(core)
+        bring_back = core.unarchive_many
+
+        async def then_a_sweep(task_ids: Any) -> Any:
+            found = await bring_back(task_ids)
+            await core.commits.commit()  # stored: the sweep's own guard no longer holds them
+            await archive_all(core)  # may take others, never these: the requeue pins them
+            assert all(t in core.tasks and t in core.payloads for t in task_ids)
+            return found
+
+        core.unarchive_many = then_a_sweep  # type: ignore[method-assign]
+        made = await intake.requeue(ids[:4])
+        assert [m["retry_of"] for m in made] == ids[:4]
+        again = await intake.requeue(None, "q", "FAILED", 10)
+        assert sorted(m["retry_of"] for m in again) == sorted([ids[5], ids[7]])
+        core.unarchive_many = bring_back  # type: ignore[method-assign]
+        assert not core.pinned
+        depth = core.counts["q"]
+        assert await archive_all(core) == 2  # ids 5 and 7: unpinned once the call ended
+        # one task's arguments gone: the requeue is refused whole, nothing is left PENDING
+        assert (await core.unarchive_many([ids[4], ids[6]])).keys() == {ids[4], ids[6]}
+        core.payloads.pop(ids[4])
+        with pytest.raises(TaskNotFound, match="no longer stored"):
+            await intake.requeue([ids[6], ids[4]])
+        assert core.counts["q"] == depth and not core.pinned
+        assert (await reads.get(ids[6]))["retried_as"] is None
+
+    run(tmp_path, scenario)
 
 
 def test_a_sweep_walks_records_made_before_its_cutoff_and_those_brought_back(
