@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raybeam import codec
-from raybeam.journal import replace_durably
+from raybeam.journal import create_durably, replace_durably
 from raybeam.record import TaskRecord, TaskStatus
 
 log = logging.getLogger("raybeam.archive")
@@ -194,6 +194,8 @@ class Archive:
             seq = name[: -len(".parquet")]
             if not (name.endswith(".parquet") and seq.isdigit()):
                 continue
+            # a file that cannot be read still holds its number: no new file takes it
+            self.next_seq = max(self.next_seq, int(seq) + 1)
             path = posixpath.join(self.root, name)
             index = f"{seq}{INDEX_SUFFIX}"
             try:
@@ -298,15 +300,21 @@ class Archive:
         )
         buffer = io.BytesIO()
         pq.write_table(table, buffer, row_group_size=ROW_GROUP, compression="zstd")
-        seq = self.next_seq
-        self.next_seq += 1
-        path = posixpath.join(self.root, f"{seq:016d}.parquet")
+        data = buffer.getvalue()
+        while True:  # a number taken already (a file this registry could not read) is skipped
+            seq = self.next_seq
+            self.next_seq += 1
+            path = posixpath.join(self.root, f"{seq:016d}.parquet")
+            try:
+                self._create(path, data)
+                break
+            except FileExistsError:
+                log.warning("archive file %s exists already; this batch takes the next", path)
         index = table.select(INDEX_COLUMNS)
-        self._store(path, buffer.getvalue())
         # the same index columns in one row group: what a restart reads, in milliseconds
         buffer = io.BytesIO()
         pq.write_table(index, buffer, compression="zstd")
-        self._store(posixpath.join(self.root, f"{seq:016d}{INDEX_SUFFIX}"), buffer.getvalue())
+        self._replace(posixpath.join(self.root, f"{seq:016d}{INDEX_SUFFIX}"), buffer.getvalue())
         return Written(seq, path, index)
 
     def adopt(self, written: Written) -> ArchiveFile:
@@ -315,9 +323,19 @@ class Archive:
         the task both in memory and in the archive at its start.)"""
         return self._add(written.seq, written.path, written.index)
 
-    def _store(self, path: str, data: bytes) -> None:
-        """Create the file whole: locally under a temporary name, fsync'ed, then renamed; on an
-        object store one PUT, which is atomic already."""
+    def _create(self, path: str, data: bytes) -> None:
+        """Create the file whole, FileExistsError if it exists: a file is never replaced,
+        even by a registry that lost the lease. Locally a link of a finished, fsync'ed
+        temporary file; on an object store one conditional PUT."""
+        if not self.local:
+            self.fs.pipe_file(path, data, mode="create")
+            return
+        path = self.fs._strip_protocol(path)
+        os.makedirs(posixpath.dirname(path), exist_ok=True)
+        create_durably(path, data)
+
+    def _replace(self, path: str, data: bytes) -> None:
+        """Put the file whole (an index, which its data file's number makes this one's)."""
         if not self.local:
             self.fs.pipe_file(path, data)
             return

@@ -286,6 +286,9 @@ class RegistryCore:
             log.warning("registry archive: %s", problem)
         self.load_problems += problems
 
+    def may_write(self) -> bool:
+        return self.commits.allowed() and self.commits.current()
+
     async def archive_ended(self, older_than: float) -> int:
         """Move final records that ended more than `older_than` seconds ago (and that no
         middleware still needs, such as an undelivered webhook) into an archive file, then
@@ -296,6 +299,8 @@ class RegistryCore:
         sweep archives it again.
         """
         await self.archived()
+        if not self.may_write():
+            return 0  # fenced or lapsed: a file now could clash with the lease's holder
         cutoff = time.time() - older_than
         batch = []
         for rec in self._made_before(cutoff):

@@ -10,22 +10,32 @@ writing at once.
 
 Taking the lease is write-then-read-back: two registries that both find it free both write,
 and only the one whose write is read back goes on (the other refuses, as if it had found it
-held). On storage where the last writer wins this leaves one holder.
+held). On storage where the last writer wins this leaves one holder. Every write replaces the
+lease whole (a rename locally, one PUT on an object store), so a reader never sees half of one.
+
+A holder writes only while its lease is current by its own clock: until a quarter of the
+lease before it expires (`current`). Another cluster may take it once it has expired by that
+cluster's clock, so clocks up to a quarter of the lease apart (7.5 s at 30) never see two
+writers. A holder whose renewals fail (storage away, a stalled process) stops writing when
+its lease lapses, and goes on once a renewal finds the lease still its own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import posixpath
 import socket
 import time
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 from raybeam.config import positive_env
 from raybeam.errors import StorageInUse
+from raybeam.journal import replace_durably
 
 log = logging.getLogger("raybeam.fencing")
 
@@ -63,6 +73,10 @@ class StorageLease:
         self.epoch = 0
         #: False once another registry took the lease: this one must not write again
         self.held = False
+        #: this registry's clock, until when its writes are safe (see `current`)
+        self.valid_until = 0.0
+        #: who took the lease, once it was taken
+        self.taken_by: str | None = None
 
     def read(self) -> dict[str, Any] | None:
         # One whole read (one GET on S3). A file opened for reading would fetch with the
@@ -76,12 +90,26 @@ class StorageLease:
         except ValueError:  # torn or foreign: treat as free, the epoch restarts above 0
             return None
 
+    def current(self) -> bool:
+        """Held, and far enough from its expiry that no other registry may take it."""
+        return self.held and time.time() < self.valid_until
+
     def _write(self, now: float) -> None:
         body = {"holder": self.holder, "cluster": self.cluster, "epoch": self.epoch,
                 "expires": now + self.seconds}  # fmt: skip
-        self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
-        with self.fs.open(self.path, "w") as f:
-            f.write(json.dumps(body))
+        raw = json.dumps(body).encode()
+        if isinstance(self.fs, LocalFileSystem):
+            path = self.fs._strip_protocol(self.path)
+            os.makedirs(posixpath.dirname(path), exist_ok=True)
+            replace_durably(path, raw)
+        else:
+            self.fs.pipe_file(self.path, raw)
+
+    def _ours(self, lease: dict[str, Any] | None) -> bool:
+        return lease is not None and (lease.get("holder"), lease.get("epoch")) == (
+            self.holder,
+            self.epoch,
+        )
 
     def acquire(self, now: float | None = None) -> None:
         """Take the lease, or raise StorageInUse naming the live holder (blocking I/O)."""
@@ -100,27 +128,35 @@ class StorageLease:
         self.epoch = int((current or {}).get("epoch", 0)) + 1
         self._write(now)
         back = self.read()
-        if back is None or back.get("holder") != self.holder or back.get("epoch") != self.epoch:
+        if not self._ours(back):
             raise StorageInUse(
                 f"another registry ({(back or {}).get('holder')}) took the storage's lease at "
                 "the same moment; try again once it has stopped"
             )
         self.held = True
+        self.valid_until = now + 0.75 * self.seconds
 
     def renew(self, now: float | None = None) -> bool:
-        """Extend the lease; False (and held no more) when another registry has it now."""
+        """Extend the lease; False (and held no more) when another registry has it now. The
+        lease is read before the write and after it: a taker between the two is found. (A
+        lease removed by hand is written again.)"""
         if not self.held:
             return False
         now = time.time() if now is None else now
         current = self.read()
-        if current is not None and (
-            current.get("holder") != self.holder or current.get("epoch") != self.epoch
-        ):
-            log.error(
-                "the storage's lease was taken by %s (epoch %s): this registry stops writing",
-                current.get("holder"), current.get("epoch"),
-            )  # fmt: skip
-            self.held = False
-            return False
+        if current is not None and not self._ours(current):
+            return self._taken(current)
         self._write(now)
+        if not self._ours(back := self.read()):
+            return self._taken(back)
+        self.valid_until = now + 0.75 * self.seconds
         return True
+
+    def _taken(self, lease: dict[str, Any] | None) -> bool:
+        self.held = False
+        self.taken_by = (lease or {}).get("holder") or "another registry (the lease is gone)"
+        log.error(
+            "the storage's lease was taken by %s (epoch %s): this registry stops writing",
+            self.taken_by, (lease or {}).get("epoch"),
+        )  # fmt: skip
+        return False

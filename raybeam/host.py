@@ -185,6 +185,11 @@ class Host(Protocol):
         """Move final records that ended this long ago to the archive; how many moved."""
         ...
 
+    def may_write(self) -> bool:
+        """Whether this registry may change storage now: it holds the storage's lease, and
+        the lease is current (see fencing). Archive files and retention's deletions ask."""
+        ...
+
 
 class Dispatch(Protocol):
     def add_function(self, digest: str, blob: bytes) -> None: ...

@@ -30,6 +30,7 @@ blobs/<digest>.pkl    the queues' pickled functions, checked against their diges
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -291,6 +292,22 @@ def _changes(value: Any) -> list[tuple[tuple[str, str], Any]]:
     return out
 
 
+def create_durably(path: str, data: bytes) -> None:
+    """`replace_durably` of a `path` that must not exist yet: FileExistsError if it does
+    (the name is linked to the finished temporary file, which a link never replaces)."""
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    fsync_folder(posixpath.dirname(path))
+
+
 def replace_durably(path: str, data: bytes) -> None:
     """Put `data` at the local `path` whole or not at all, and durably: written under a
     temporary name and fsync'ed, renamed into place, then the folder fsync'ed."""
@@ -358,6 +375,11 @@ class GroupCommit:
         self.held = False
         #: False once this registry may not write (its storage lease was taken)
         self.allowed: Callable[[], bool] = lambda: True
+        #: whether a write is safe now (the lease is current; see fencing): while allowed but
+        #: not current, batches wait, staged, for the lease to be renewed
+        self.current: Callable[[], bool] = lambda: True
+        #: what a caller is told once this registry may not write
+        self.lost: Callable[[], str] = lambda: "this registry lost the storage's lease"
         self.waiters: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
         self.compacting: asyncio.Task[None] | None = None
@@ -386,12 +408,14 @@ class GroupCommit:
                 continue
             while self.held:
                 await asyncio.sleep(0.02)
+            while self.allowed() and not self.current():
+                await asyncio.sleep(0.05)
             if not self.allowed():  # fenced: another registry holds the storage now
                 batch, waiters = self.staged, self.waiters
                 self.staged, self.waiters = {}, []
                 for fut in waiters:
                     if not fut.done():
-                        fut.set_exception(StorageInUse("this registry lost the storage's lease"))
+                        fut.set_exception(StorageInUse(self.lost()))
                 continue
             batch, waiters = self.staged, self.waiters
             self.staged, self.waiters, self.writing = {}, [], batch

@@ -25,7 +25,7 @@ from raybeam import keys, middleware
 from raybeam.config import REGISTRY_NAME, REGISTRY_NAMESPACE, Settings, positive_env
 from raybeam.core import RegistryCore
 from raybeam.dispatch import Dispatcher
-from raybeam.errors import RaybeamError
+from raybeam.errors import RaybeamError, StorageInUse
 from raybeam.fencing import StorageLease, cluster_id
 from raybeam.intake import Intake
 from raybeam.journal import Journal
@@ -130,12 +130,23 @@ class Registry:
                     )  # fmt: skip
                     self.reads, self.intake = Reads(self.core), Intake(self.core)
                     self.core.commits.allowed = lambda: self.storage_lease.held
+                    self.core.commits.current = self.storage_lease.current
+                    self.core.commits.lost = self._lost
                     self.core.spawn(self._renew_lease())
                     self.core.spawn(keep_the_collector_young())
                     self.started_up = True
+        if not self.core.commits.allowed():  # fenced: answer nothing it cannot store
+            raise StorageInUse(self._lost())
         await self.core.boot()
         if archive and not self.core.archive_ready:
             await self.core.archived()
+
+    def _lost(self) -> str:
+        return (
+            f"this registry lost the storage's lease to "
+            f"{self.storage_lease.taken_by or 'another registry'} and stopped writing; stop "
+            "one of the two, then restart this one to load what the other wrote"
+        )
 
     def _load(self) -> RegistryCore:
         output_url_expires, retention_seconds, fsync = self.settings

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,20 +58,39 @@ def test_a_second_cluster_waits_for_the_first_ones_lease(
     # the second cluster starts beside the first, and calls its registry only once the
     # first one has stored its task (so holds the lease)
     other, second_tmp = start("other", tmp_path, storage)
+    stopped = None
     try:
-        deadline = time.monotonic() + 120
-        while not (tmp_path / "task_id").exists():
-            assert holder.poll() is None, holder.communicate()
-            assert time.monotonic() < deadline, "the first cluster never stored its task"
-            time.sleep(0.2)
+
+        def wait_for(name: str) -> None:
+            deadline = time.monotonic() + 150
+            while not (tmp_path / name).exists():
+                for proc in (holder, other):
+                    assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, f"{name} never came"
+                time.sleep(0.2)
+
+        wait_for("refused")
+        stopped = int((tmp_path / "registry_pid").read_text())
+        os.kill(stopped, signal.SIGSTOP)  # a stalled registry: its lease runs out
+        wait_for("took_over")
+        os.kill(stopped, signal.SIGCONT)
+        stopped = None
+        (tmp_path / "woken").touch()
         out, err = other.communicate(timeout=180)
         assert other.returncode == 0, f"{out}\n{err[-4000:]}"
         assert f"storage {storage[0]}" in out
         assert "refused: storage is in use by the registry" in out
         assert "the holder's task is there" in out
-        holder_out, _ = holder.communicate(timeout=60)
-        assert "holder stopping" in holder_out
+        assert "only the first task is stored" in out
+        holder_out, holder_err = holder.communicate(timeout=60)
+        assert holder.returncode == 0, f"{holder_out}\n{holder_err[-4000:]}"
+        # the new holder is named: the other cluster's registry
+        taker = r"lost the storage's lease to [^ /]+/127\.0\.0\.1:\d+/\S+ and stopped"
+        assert re.search("fenced: this registry " + taker, holder_out), holder_out
+        assert re.search("refuses calls: this registry " + taker, holder_out), holder_out
     finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
         for proc in (holder, other):
             if proc.poll() is None:
                 proc.kill()

@@ -27,6 +27,8 @@ class Retention(Middleware):
                 log.exception("retention sweep failed; trying again in %.0f s", interval)
 
     async def purge(self, older_than_seconds: float) -> int:
+        if not self.host.may_write():
+            return 0  # fenced or lapsed: the lease's holder removes what is due
         cutoff = time.time() - older_than_seconds
         old = [
             r for r in self.host.records()
@@ -42,6 +44,8 @@ class Retention(Middleware):
         archive = await self.host.archived()
         forgotten = len(old)
         for file in archive.expired(cutoff):
+            if not self.host.may_write():
+                break
             forgotten += len(file)
             archive.drop(file)
             await asyncio.to_thread(self._remove_files, file.paths)

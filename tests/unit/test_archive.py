@@ -510,3 +510,47 @@ def test_a_damaged_archive_file_is_logged_and_reported_once_the_index_is_read(
         "registry archive: archive file" in caplog.text
         and "0000000000000099.parquet" in caplog.text
     )
+
+
+def test_a_new_archive_file_never_replaces_one_there(tmp_path: Path) -> None:
+    """Not one this registry could not read (a storage error at its start), nor one another
+    registry wrote with the number it was about to take."""
+    ids = [uid(n) for n in range(6)]
+    folder = tmp_path / "storage" / "registry" / "archive"
+
+    async def first(core: RegistryCore) -> None:
+        await fill(core, "q", ids[:2])
+        assert await archive_all(core) == 2
+
+    run(tmp_path, first)
+    (folder / "0000000000000002.parquet").write_bytes(b"unreadable here, someone's still")
+
+    async def second(core: RegistryCore) -> None:
+        assert core.archive.next_seq == 3  # its number is taken, readable or not
+        await fill(core, "q", ids[2:4])
+        (folder / "0000000000000003.parquet").write_bytes(b"a stale registry's")
+        assert await archive_all(core) == 2  # into file 4, past both
+        assert [f.seq for f in core.archive.files] == [1, 4]
+        assert (await Reads(core).get(ids[3]))["status"] == "FAILED"
+
+    run(tmp_path, second)
+    assert (folder / "0000000000000002.parquet").read_bytes() == b"unreadable here, someone's still"
+    assert (folder / "0000000000000003.parquet").read_bytes() == b"a stale registry's"
+
+
+def test_a_registry_that_may_not_write_archives_and_removes_nothing(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(4)]
+
+    async def scenario(core: RegistryCore) -> None:
+        await fill(core, "q", ids[:2])
+        assert await archive_all(core) == 2
+        await fill(core, "q", ids[2:])
+        core.commits.current = lambda: False  # its lease lapsed (or was taken)
+        assert not core.may_write()
+        assert await core.archive_ended(-1.0) == 0
+        assert await Retention(core).purge(-1.0) == 0
+        assert len(core.archive.files) == 1 and len(core.tasks) == 2
+        core.commits.current = lambda: True
+        assert await Retention(core).purge(-1.0) == 4
+
+    run(tmp_path, scenario)

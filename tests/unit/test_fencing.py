@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import fsspec
@@ -60,3 +62,69 @@ def test_a_fenced_registry_writes_nothing(tmp_path: Path) -> None:
     asyncio.run(scenario())
     state, _ = Journal(fs, str(tmp_path / "registry"), fsync=False).load()
     assert state == {("task", "a"): 1}
+
+
+def test_a_holder_writes_only_while_its_lease_is_current(tmp_path: Path) -> None:
+    a = lease(tmp_path, "cluster-a")
+    a.acquire()
+    assert a.current()
+    a.acquire(now=time.time() - 30)  # as if its last renewal was 30 s ago: lapsed
+    assert a.held and not a.current()  # no one took it, yet it must not write
+    assert a.renew() and a.current()  # a renewal that finds it still its own goes on
+    b = lease(tmp_path, "cluster-b")
+    b.acquire(now=a.valid_until + 30)  # expired by b's clock: taken
+    assert not a.renew() and not a.current() and a.taken_by == "cluster-b/i1"
+
+
+def test_a_renewal_that_a_taker_overwrites_is_found_out(tmp_path: Path) -> None:
+    a, b = lease(tmp_path, "cluster-a"), lease(tmp_path, "cluster-b")
+    a.acquire(now=1000.0)
+    written = a._write
+
+    def then_taken(now: float) -> None:  # b takes the lease between a's write and read-back
+        written(now)
+        b.acquire(now=now + 100)
+
+    a._write = then_taken  # type: ignore[method-assign]
+    assert not a.renew() and not a.held and a.taken_by == "cluster-b/i1"
+
+
+def test_a_reader_never_finds_a_renewal_half_written(tmp_path: Path) -> None:
+    a, b = lease(tmp_path, "cluster-a"), lease(tmp_path, "cluster-b")
+    a.acquire()
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.is_set():
+            a.renew()
+
+    renewer = threading.Thread(target=renew)
+    renewer.start()
+    try:
+        for _ in range(2000):  # a torn lease would read as free, and b would take it
+            assert b.read() is not None
+    finally:
+        stop.set()
+        renewer.join(10)
+
+
+def test_a_lapsed_lease_holds_batches_back_until_it_is_renewed(tmp_path: Path) -> None:
+    fs = fsspec.filesystem("file")
+    journal = Journal(fs, str(tmp_path / "registry"), fsync=False)
+    current = [False]
+
+    async def scenario() -> None:
+        commits = GroupCommit(journal, lambda: [], lambda: 0)
+        commits.current = lambda: current[0]
+        runner = asyncio.get_running_loop().create_task(commits.run())
+        commits.stage("task", "a", 1)
+        committed = asyncio.ensure_future(commits.commit())
+        await asyncio.sleep(0.3)
+        assert not committed.done() and commits.pending("task", "a")
+        current[0] = True
+        await asyncio.wait_for(committed, 5)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    state, _ = Journal(fs, str(tmp_path / "registry")).load()
+    assert list(state) == [("task", "a")]
