@@ -18,6 +18,14 @@ codes, and the position of its id in the file's sorted ids. So:
   retention deletes it (a whole file, once its newest task is older than the retention).
 A task archived twice (requeued after it was archived, then archived again) is read from the
 newest file; the older row is marked dead.
+
+A sweep writes what came due since the last one, so a steady trickle of tasks makes many
+small files. Small files are merged, in tiers of size (8 files of about one size become one
+about 8 times as large, up to `MERGE_ROWS`), into a new file with their current rows; the
+merged ones are deleted a minute later (a read may still be at them). So the files a lookup
+or a page visits stay few: 6M tasks over a week at 10 a second are about 240 files of 25k
+rows and a few dozen smaller ones, not one file per sweep (60,000). A crash between the new
+file and the deletions loses nothing: the newest file's row of a task is the one that counts.
 """
 
 from __future__ import annotations
@@ -49,6 +57,9 @@ log = logging.getLogger("raybeam.archive")
 ROW_GROUP = 1024
 #: at most this many records per archive file
 FILE_ROWS = 100_000
+#: files with fewer current rows than this are merged, `MERGE_FAN_IN` of a size tier at once
+MERGE_ROWS = 25_000
+MERGE_FAN_IN = 8
 STATUSES = [s.value for s in TaskStatus]
 #: the status code of a row whose task lives elsewhere now (live again, or a newer file)
 DEAD = 255
@@ -123,6 +134,8 @@ class ArchiveFile:
     by_hi: np.ndarray  # uint32 rows sorted by hi, for lookups
     sorted_hi: np.ndarray  # uint64: hi[by_hi]
     outputs: dict[str, str] = field(default_factory=dict)
+    #: -created, ascending: what a cursor's binary search needs, made once
+    descending: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     def find(self, hi: int, lo: int) -> int | None:
         """The row of this id, or None."""
@@ -141,8 +154,8 @@ class ArchiveFile:
             return 0
         created, hi, lo = key
         # rows are sorted by created descending; the rows created at `created` are a range
-        start = int(np.searchsorted(-self.created, -created, side="left"))
-        end = int(np.searchsorted(-self.created, -created, side="right"))
+        start = int(np.searchsorted(self.descending, -created, side="left"))
+        end = int(np.searchsorted(self.descending, -created, side="right"))
         row = start
         while row < end and (int(self.hi[row]), int(self.lo[row])) >= (hi, lo):
             row += 1
@@ -256,11 +269,12 @@ class Archive:
         hi = np.array(table.column("hi"), dtype=np.uint64)
         ended = np.array(table.column("ended_at"), dtype=np.float64)
         by_hi = np.argsort(hi, kind="stable").astype(np.uint32)
+        created = np.array(table.column("created_at"), dtype=np.float64)
         file = ArchiveFile(
             seq=seq,
             path=path,
             newest_end=float(ended.max()) if len(ended) else 0.0,
-            created=np.array(table.column("created_at"), dtype=np.float64),
+            created=created,
             hi=hi,
             lo=np.array(table.column("lo"), dtype=np.uint64),
             queue=queue,
@@ -268,6 +282,7 @@ class Archive:
             by_hi=by_hi,
             sorted_hi=hi[by_hi],
             outputs=outputs,
+            descending=-created,
         )
         self._count(queue, status, +1)
         self.files.append(file)
@@ -298,6 +313,10 @@ class Archive:
             },
             schema=SCHEMA,
         )
+        return self._write_table(table)
+
+    def _write_table(self, table: pa.Table) -> Written:
+        """A table of SCHEMA, in list order, as a new file and its index."""
         buffer = io.BytesIO()
         pq.write_table(table, buffer, row_group_size=ROW_GROUP, compression="zstd")
         data = buffer.getvalue()
@@ -316,6 +335,42 @@ class Archive:
         pq.write_table(index, buffer, compression="zstd")
         self._replace(posixpath.join(self.root, f"{seq:016d}{INDEX_SUFFIX}"), buffer.getvalue())
         return Written(seq, path, index)
+
+    def mergeable(self) -> tuple[list[ArchiveFile], list[ArchiveFile]]:
+        """(files with no current row, which go without a merge; the small files to merge
+        now): the `MERGE_FAN_IN` oldest of the smallest size tier that has that many."""
+        empty: list[ArchiveFile] = []
+        tiers: dict[int, list[ArchiveFile]] = {}
+        for file in self.files:
+            rows = len(file)
+            if rows == 0:
+                empty.append(file)
+            elif rows < MERGE_ROWS:
+                tiers.setdefault(int(np.log2(rows) // 3), []).append(file)  # tiers of 8x
+        for tier in sorted(tiers):
+            if len(tiers[tier]) >= MERGE_FAN_IN:
+                group, rows = [], 0
+                for file in tiers[tier][:MERGE_FAN_IN]:
+                    if rows + len(file) > FILE_ROWS:
+                        break
+                    group.append(file)
+                    rows += len(file)
+                if len(group) > 1:
+                    return empty, group
+        return empty, []
+
+    def merge(self, files: list[ArchiveFile], current: list[np.ndarray]) -> Written:
+        """One new file of the rows of `files` that `current` (a mask per file, taken on the
+        registry's loop) keeps, in list order. Blocking: run in a thread, then `adopt`."""
+        parts = []
+        for file, keep in zip(files, current, strict=True):
+            with self.fs.open(file.path, "rb") as f:
+                parts.append(pq.read_table(f).filter(pa.array(keep)))
+        table = pa.concat_tables(parts)
+        order = pc.sort_indices(
+            table, [("created_at", "descending"), ("hi", "descending"), ("lo", "descending")]
+        )
+        return self._write_table(table.take(order))
 
     def adopt(self, written: Written) -> ArchiveFile:
         """Index a file that `write` stored. (An older archived copy of one of its tasks is

@@ -17,6 +17,8 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from raybeam.admission import SpecCache
 from raybeam.archive import DEAD, FILE_ROWS, Archive, id_halves
 from raybeam.host import Dispatch, Host, Timers
@@ -103,6 +105,8 @@ class RegistryCore:
         #: ids of records held out of creation order (brought back from the archive); the
         #: others are held in the order they were made (and load in that order)
         self.out_of_order: set[str] = set()
+        #: archive files merged into others: (when, their paths), deleted a minute later
+        self.retired: list[tuple[float, list[str]]] = []
         #: ids of final records a call is working on (a requeue): the archive leaves them
         self.pinned: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -332,6 +336,34 @@ class RegistryCore:
                 self.archive.bury(rec.id)
         await self.commits.commit()
         return len(batch)
+
+    async def merge_archive(self) -> int:
+        """Merge small archive files once (see `Archive.mergeable`); how many files went.
+        Files merged (or left with no current row) leave the index at once and storage a
+        minute later, so reads that found them before finish."""
+        await self.archived()
+        archive, now = self.archive, time.time()
+        if not self.may_write():
+            return 0
+        due = [path for at, paths in self.retired if at <= now - 60 for path in paths]
+        if due:
+            self.retired = [(at, paths) for at, paths in self.retired if at > now - 60]
+            await asyncio.to_thread(_remove_files, archive.fs, due)
+        empty, group = archive.mergeable()
+        if group:
+            current = [file.status != DEAD for file in group]
+            written = await asyncio.to_thread(archive.merge, group, current)
+            merged = archive.adopt(written)
+            for file, kept in zip(group, current, strict=True):
+                # a row brought back to memory while the merge ran is not current there now
+                for row in np.nonzero(kept & (file.status == DEAD))[0]:
+                    place = merged.find(int(file.hi[row]), int(file.lo[row]))
+                    if place is not None:
+                        archive._bury(merged, place)
+        for file in [*empty, *group]:
+            archive.drop(file)
+            self.retired.append((now, file.paths))
+        return len(empty) + len(group)
 
     def _made_before(self, cutoff: float) -> Iterable[TaskRecord]:
         """The records made before `cutoff` (the others cannot have ended before it), each
@@ -600,3 +632,13 @@ def _mark(rec: TaskRecord) -> tuple[Any, ...]:
     """What changes when a final record does (a requeue, a webhook attempt)."""
     webhook = rec.webhook or {}
     return (rec.status, rec.updated_at, rec.retried_as, len(webhook.get("attempts", ())))
+
+
+def _remove_files(fs: Any, paths: list[str]) -> None:
+    for path in paths:
+        try:
+            fs.rm(path)
+        except FileNotFoundError:  # an index file may be missing: a crash between the two
+            pass
+        except Exception:
+            log.warning("could not remove archive file %s", path, exc_info=True)

@@ -185,6 +185,10 @@ class Host(Protocol):
         """Move final records that ended this long ago to the archive; how many moved."""
         ...
 
+    def merge_archive(self) -> Awaitable[int]:
+        """Merge small archive files once; how many files it merged away."""
+        ...
+
     def may_write(self) -> bool:
         """Whether this registry may change storage now: it holds the storage's lease, and
         the lease is current (see fencing). Archive files and retention's deletions ask."""

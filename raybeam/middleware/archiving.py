@@ -25,5 +25,7 @@ class Archiving(Middleware):
             try:
                 while await self.host.archive_ended(after):
                     pass  # a backlog goes out file by file
+                while await self.host.merge_archive():
+                    pass  # small files merge, tier by tier
             except Exception:
                 log.exception("archiving failed; trying again in %.0f s", interval)

@@ -554,3 +554,52 @@ def test_a_registry_that_may_not_write_archives_and_removes_nothing(tmp_path: Pa
         assert await Retention(core).purge(-1.0) == 4
 
     run(tmp_path, scenario)
+
+
+def test_small_archive_files_merge_and_every_read_stays_the_same(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(100)]
+    folder = tmp_path / "storage" / "registry" / "archive"
+    seen: dict[str, Any] = {}
+
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        for start in range(0, 100, 5):  # twenty sweeps of five tasks: twenty small files
+            await fill(core, "q" if start % 10 else "other", ids[start : start + 5])
+            await archive_all(core)
+            time.sleep(0.002)
+        assert len(core.archive.files) == 20
+        seen["list"] = await list_all(reads, None, None, 7)
+        seen["failed"] = await list_all(reads, "q", "FAILED", 3)
+        seen["get"] = {t: await reads.get(t) for t in ids}
+        seen["stats"] = reads.queue_stats()
+        merged = 0
+        while n := await core.merge_archive():
+            merged += n
+        # 8 + 8 of five rows merged into two of forty; four small ones wait for more
+        assert merged == 16 and sorted(len(f) for f in core.archive.files) == [5] * 4 + [40] * 2
+        assert await list_all(reads, None, None, 7) == seen["list"]
+        assert await list_all(reads, "q", "FAILED", 3) == seen["failed"]
+        assert {t: await reads.get(t) for t in ids} == seen["get"]
+        assert reads.queue_stats() == seen["stats"]
+        assert len(list(folder.glob("*.parquet"))) == 2 * 22  # the merged ones, for a minute
+        seen["retired"] = [p for _, paths in core.retired for p in paths]
+
+    run(tmp_path, scenario)
+
+    async def after_a_crash(core: RegistryCore) -> None:
+        """Restarted before the merged files were deleted: the newest row of a task counts."""
+        reads = Reads(core)
+        assert len(core.archive) == 100
+        assert await list_all(reads, None, None, 7) == seen["list"]
+        assert {t: await reads.get(t) for t in ids} == seen["get"]
+        assert reads.queue_stats() == seen["stats"]
+        while await core.merge_archive():  # the merged files hold nothing current: they go
+            pass
+        assert sorted(len(f) for f in core.archive.files) == [5] * 4 + [40] * 2
+        core.retired = [(at - 61, paths) for at, paths in core.retired]
+        await core.merge_archive()  # a minute on, they are deleted
+        assert not any(Path(p).exists() for p in seen["retired"])
+        assert len(list(folder.glob("*.parquet"))) == 2 * 6
+        assert {t: await reads.get(t) for t in ids} == seen["get"]
+
+    run(tmp_path, after_a_crash)
