@@ -461,15 +461,25 @@ class Archive:
         self, queue: str | None, status: str | None, after: Key | None, limit: int
     ) -> list[tuple[Key, ArchiveFile, int]]:
         """Up to `limit` rows after `after` in list order, newest first, with the filters.
-        Each file is walked from its cursor position in windows, so a page costs about what
-        it returns, plus what the filters skip."""
+        Each file is walked from its cursor position in windows, newest file first, until no
+        other file can hold a newer row: a page costs about what it returns, plus what the
+        filters skip, plus a binary search per file."""
         want_queue = None if queue is None else self.queue_codes.get(queue)
         if queue is not None and want_queue is None:
             return []
         want_status = None if status is None else STATUSES.index(status)
-        found: list[tuple[Key, ArchiveFile, int]] = []
+        # files by the newest row they could give, which bounds all they give: once `limit`
+        # rows are found, a file whose first row is older than the last of them has none
+        heads = []
         for file in self.files:
             row = file.before(after)
+            if row < len(file.created):
+                heads.append((float(file.created[row]), row, file))
+        heads.sort(key=lambda head: head[0], reverse=True)
+        found: list[tuple[Key, ArchiveFile, int]] = []
+        for newest, row, file in heads:
+            if len(found) >= limit and newest < found[limit - 1][0][0]:
+                break
             taken = 0
             window = max(64, limit)
             while row < len(file.created) and taken < limit:
@@ -484,8 +494,9 @@ class Archive:
                     taken += 1
                 row = end
                 window *= 4
-        found.sort(key=lambda item: item[0], reverse=True)
-        return found[:limit]
+            found.sort(key=lambda item: item[0], reverse=True)
+            del found[limit:]
+        return found
 
     # ---- changes ------------------------------------------------------------------------
 
