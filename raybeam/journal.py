@@ -56,6 +56,10 @@ State = dict[tuple[str, str], Any]
 #: entry of the state (a final record waits in it for the archive: each snapshot until then
 #: writes it again)
 SNAPSHOT_AFTER = 4
+#: on an object store, where each batch is an object a restart fetches, a snapshot is also
+#: made once this many batches were written since the last one, whatever they held (light
+#: traffic beside many live tasks made small batches, up to 4 x live of them)
+SNAPSHOT_OBJECTS = 1_000
 #: live entries serialised for a snapshot between two turns of the registry's event loop
 SNAPSHOT_CHUNK = 500
 
@@ -365,6 +369,7 @@ class GroupCommit:
         #: objects, encoded when their batch is written)
         self.encode = encode
         self.entries_since_snapshot = 0
+        self.batches_since_snapshot = 0
         # never compact before this many entries were written since the last snapshot (fewer
         # on object stores, where each batch is an object that loading must fetch)
         self.snapshot_min = 20_000 if journal.local else 2_000
@@ -441,9 +446,9 @@ class GroupCommit:
             # to the changes, and a restart reads at most that many entries per one held
             due = self.entries_since_snapshot >= max(
                 self.snapshot_min, SNAPSHOT_AFTER * self.live()
-            )
+            ) or (not self.journal.local and self.batches_since_snapshot >= SNAPSHOT_OBJECTS)
             if due and self.compacting is None:
-                self.entries_since_snapshot = 0
+                self.entries_since_snapshot = self.batches_since_snapshot = 0
                 self.compacting = asyncio.get_running_loop().create_task(self._compact())
 
     async def _write(self, batch: dict[tuple[str, str], Any]) -> None:
@@ -468,6 +473,7 @@ class GroupCommit:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
         self.entries_since_snapshot += len(batch)
+        self.batches_since_snapshot += 1
 
     async def _compact(self) -> None:
         try:

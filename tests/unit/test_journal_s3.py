@@ -16,6 +16,7 @@ import pytest
 from fsspec.implementations.local import LocalFileSystem
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
+import raybeam.journal as journal_module
 from raybeam.errors import SegmentExists, StorageInUse
 from raybeam.fencing import StorageLease
 from raybeam.journal import GroupCommit, Journal
@@ -239,6 +240,37 @@ def test_compaction_on_s3_keeps_the_segments_bounded(
     state, problems = journal(prefix).load()
     assert state == {("task", k): v for k, v in live.items()}
     assert problems == []
+
+
+def test_small_batches_beside_many_live_tasks_still_compact_on_s3(
+    prefix: str, s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries alone would wait for 4 x live of them: a restart would fetch that many objects."""
+    monkeypatch.setattr(journal_module, "SNAPSHOT_OBJECTS", 30)
+    j = journal(prefix)
+    live = {str(i): i for i in range(1000)}
+
+    async def scenario() -> None:
+        commits = GroupCommit(
+            j, lambda: [("task", k, v) for k, v in live.items()], lambda: len(live)
+        )
+        runner = asyncio.get_running_loop().create_task(commits.run())
+        for k, v in live.items():
+            commits.stage("task", k, v)
+        await commits.commit()
+        for i in range(100):  # one small change a batch: 101 entries, far below 4 x 1000
+            live["0"] = -i
+            commits.stage("task", "0", -i)
+            await commits.commit()
+        while commits.compacting is not None:
+            await asyncio.sleep(0.01)
+        runner.cancel()
+
+    asyncio.run(scenario())
+    segments = [k for k in keys(s3, prefix) if k.startswith("registry/journal/")]
+    assert j.seq > 100 and len(segments) <= 31
+    state, _ = journal(prefix).load()
+    assert state == {("task", k): v for k, v in live.items()}
 
 
 def test_a_local_segment_that_exists_already_is_never_appended_to(tmp_path: Path) -> None:
