@@ -8,9 +8,10 @@ archived task can be requeued) and, apart, what the reads need without opening t
 Each file `<seq>.parquet` has its index columns alone beside it in `<seq>.index.parquet` (one
 row group), which is what a restart reads: 0.1 s for 200,000 archived tasks here.
 
-Memory holds, per archived task, 39 bytes in numpy arrays and no Python object (about 50
+Memory holds, per archived task, 40 bytes in numpy arrays and no Python object (about 50
 bytes measured with the rest): its id as two 64-bit halves, its creation time, queue and status
-codes, and the position of its id in the file's sorted ids. So:
+codes, whether it stored files, and the position of its id in the file's sorted ids; and 20
+bytes per output it stored (the output id as two halves, and its row). So:
 - a lookup by id is a binary search per file and reads one row group of one file;
 - a listing page walks each file's arrays from the cursor, skipping what the filters reject,
   and reads only the rows it returns;
@@ -37,6 +38,7 @@ import logging
 import os
 import posixpath
 import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -85,6 +87,7 @@ INDEX_COLUMNS = ["hi", "lo", "created_at", "ended_at", "queue", "status", "outpu
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_OUTPUT_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def id_halves(task_id: str) -> tuple[int, int] | None:
@@ -93,6 +96,15 @@ def id_halves(task_id: str) -> tuple[int, int] | None:
     if not isinstance(task_id, str) or not _UUID.fullmatch(task_id):
         return None
     value = int(task_id.replace("-", ""), 16)
+    return value >> 64, value & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def output_halves(output_id: str) -> tuple[int, int] | None:
+    """An output id (32 hex digits, as raybeam makes them) as two 64-bit integers; None for
+    any other string."""
+    if not isinstance(output_id, str) or not _OUTPUT_ID.fullmatch(output_id):
+        return None
+    value = int(output_id, 16)
     return value >> 64, value & 0xFFFF_FFFF_FFFF_FFFF
 
 
@@ -133,7 +145,12 @@ class ArchiveFile:
     status: np.ndarray  # uint8 codes into STATUSES, DEAD when the row is not current
     by_hi: np.ndarray  # uint32 rows sorted by hi, for lookups
     sorted_hi: np.ndarray  # uint64: hi[by_hi]
-    outputs: dict[str, str] = field(default_factory=dict)
+    #: rows with files in storage (outputs, a large return value): retention's folders
+    stored: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=bool))
+    #: output ids (32 hex digits) as halves, sorted, and the row of each: 20 bytes an output
+    out_hi: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    out_lo: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    out_row: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
     #: -created, ascending: what a cursor's binary search needs, made once
     descending: np.ndarray = field(default_factory=lambda: np.empty(0))
 
@@ -160,6 +177,19 @@ class ArchiveFile:
         while row < end and (int(self.hi[row]), int(self.lo[row])) >= (hi, lo):
             row += 1
         return row
+
+    def output_row(self, output_id: str) -> int | None:
+        """The row of the task that stored output `output_id`, or None."""
+        halves = output_halves(output_id)
+        if halves is None:
+            return None
+        hi, lo = halves
+        at = int(np.searchsorted(self.out_hi, np.uint64(hi)))
+        while at < len(self.out_hi) and int(self.out_hi[at]) == hi:
+            if int(self.out_lo[at]) == lo:
+                return int(self.out_row[at])
+            at += 1
+        return None
 
     def __len__(self) -> int:
         """Its rows that are current (not dead)."""
@@ -262,9 +292,15 @@ class Archive:
         # column-wise, no Python object per row: a restart reads a million rows in a second
         queue = _codes(table.column("queue"), self._code).astype(np.uint16)
         status = _codes(table.column("status"), STATUSES.index).astype(np.uint8)
-        outputs: dict[str, str] = {}
-        for text in pc.drop_null(table.column("outputs")).to_pylist():
-            outputs.update(json.loads(text))
+        # outputs by id, as numbers (a dict of their keys took 250 bytes an output)
+        files = table.column("outputs")
+        stored = np.array(pc.is_valid(files), dtype=bool)
+        found: list[tuple[int, int, int]] = []
+        for row in np.nonzero(stored)[0]:
+            for output_id in json.loads(files[int(row)].as_py()):
+                if (halves := output_halves(output_id)) is not None:
+                    found.append((*halves, int(row)))
+        found.sort()
         # copies, so Arrow's buffers (and the strings read with them) are freed
         hi = np.array(table.column("hi"), dtype=np.uint64)
         ended = np.array(table.column("ended_at"), dtype=np.float64)
@@ -281,7 +317,10 @@ class Archive:
             status=status,
             by_hi=by_hi,
             sorted_hi=hi[by_hi],
-            outputs=outputs,
+            stored=stored,
+            out_hi=np.array([h for h, _, _ in found], dtype=np.uint64),
+            out_lo=np.array([lo for _, lo, _ in found], dtype=np.uint64),
+            out_row=np.array([r for _, _, r in found], dtype=np.uint32),
             descending=-created,
         )
         self._count(queue, status, +1)
@@ -418,12 +457,31 @@ class Archive:
         found = self.locate(task_id)
         return None if found is None else found[0].key(found[1])
 
-    def output_key(self, output_id: str) -> str | None:
+    def output_place(self, output_id: str) -> tuple[ArchiveFile, int] | None:
+        """The file and row of the archived task that stored output `output_id`."""
         for file in reversed(self.files):
-            key = file.outputs.get(output_id)
-            if key is not None:
-                return key
+            row = file.output_row(output_id)
+            if row is not None and file.status[row] != DEAD:
+                return file, row
         return None
+
+    def output_key(self, place: tuple[ArchiveFile, int], output_id: str) -> str | None:
+        """The storage key of output `output_id` of the task at `place` (`output_place`).
+        Blocking: run in a thread."""
+        file, row = place
+        group = self._parquet(file).read_row_group(row // ROW_GROUP, columns=["outputs"])
+        text = group.column("outputs")[row % ROW_GROUP].as_py()
+        key: str | None = json.loads(text).get(output_id) if text else None
+        return key
+
+    def folders(self, file: ArchiveFile) -> set[str]:
+        """`outputs/<queue>/<task id>` of the file's tasks that stored files: what
+        retention removes with it."""
+        return {
+            f"outputs/{self.queue_names[int(file.queue[row])]}/"
+            f"{uuid.UUID(int=(int(file.hi[row]) << 64) | int(file.lo[row]))}"
+            for row in np.nonzero(file.stored)[0]
+        }
 
     def read(self, task_id: str) -> tuple[TaskRecord, str | None] | None:
         """The archived record and its stored arguments. Blocking: run in a thread."""

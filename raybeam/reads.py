@@ -97,9 +97,15 @@ class Reads:
                 return {"storage": storage, "key": output["key"], "name": output["name"]}
         return {"storage": storage, "key": None, "names": [o["name"] for o in rec.outputs]}
 
-    def output_key(self, output_id: str) -> str | None:
+    async def output_key(self, output_id: str) -> str | None:
         """The storage key of an output by its id (the local download route's lookup)."""
-        return self.core.output_keys.get(output_id) or self.core.archive.output_key(output_id)
+        key: str | None = self.core.output_keys.get(output_id)
+        if key is not None:
+            return key
+        place = self.core.archive.output_place(output_id)
+        if place is None:
+            return None
+        return await asyncio.to_thread(self.core.archive.output_key, place, output_id)
 
     async def exists(self, task_ids: list[str]) -> list[bool]:
         return [s is not None for s in (await self.statuses(task_ids)).values()]

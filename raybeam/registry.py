@@ -260,7 +260,7 @@ class Registry:
     async def output_key(self, output_id: str) -> str | None:
         """Where the output with this id is stored, None for an unknown id."""
         await self._ready()
-        return self.reads.output_key(output_id)
+        return await self.reads.output_key(output_id)
 
     async def exists(self, task_ids: list[str]) -> list[bool]:
         await self._ready()

@@ -49,9 +49,7 @@ class Retention(Middleware):
             forgotten += len(file)
             archive.drop(file)
             await asyncio.to_thread(self._remove_files, file.paths)
-            # outputs/<queue>/<task_id>/<output_id>/<name> -> the task's folder
-            folders = {"/".join(key.split("/")[:3]) for key in file.outputs.values()}
-            await asyncio.to_thread(self._remove_outputs, folders)
+            await asyncio.to_thread(self._remove_outputs, archive.folders(file))
         return forgotten
 
     def _remove_files(self, paths: list[str]) -> None:

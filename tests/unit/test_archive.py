@@ -318,16 +318,21 @@ def test_retention_drops_whole_archive_files_and_their_outputs(tmp_path: Path) -
         reads = Reads(core)
         outputs = core.storage
         await fill(core, "q", ids[:5])
-        for t in ids[:5]:  # an output per task, as a worker would have saved it
+        keys = {}
+        for t in ids[:5]:  # two outputs per task, as a worker would have saved them
             rec = core.tasks[t]
-            key = f"outputs/q/{t}/{uuid.uuid4().hex}/a.txt"
-            outputs.put_bytes(key, b"x")
-            rec.outputs = [{"id": key.split("/")[3], "name": "a.txt", "key": key, "size": 1}]
+            for name in ("a.txt", "b.txt"):
+                key = f"outputs/q/{t}/{uuid.uuid4().hex}/{name}"
+                outputs.put_bytes(key, b"x")
+                rec.outputs.append({"id": key.split("/")[3], "name": name, "key": key, "size": 1})
+                keys[key.split("/")[3]] = key
             core.stage(rec)
         await core.commits.commit()
         await archive_all(core)
-        (first_output, first_key), *_ = core.archive.files[0].outputs.items()
-        assert reads.output_key(first_output) == first_key  # the download route's lookup
+        for output_id, key in keys.items():  # the download route's lookup, from the archive
+            assert await reads.output_key(output_id) == key
+        assert await reads.output_key(uuid.uuid4().hex) is None
+        assert await reads.output_key("../../etc/passwd") is None
         time.sleep(0.05)
         cutoff_age = time.time() - core.archive.files[0].newest_end
         await fill(core, "q", ids[5:])
