@@ -226,8 +226,9 @@ class Archive:
 
     # ---- loading ------------------------------------------------------------------------
 
-    def load(self) -> list[str]:
-        """Read every file's index; returns what could not be read (skipped)."""
+    def load(self, expired_before: float = 0.0) -> list[str]:
+        """Read every file's index; returns what could not be read (skipped). Rows of tasks
+        that ended before `expired_before` are dead (retention removes their files)."""
         problems = []
         try:
             names = {posixpath.basename(str(p)) for p in self.fs.ls(self.root, detail=False)}
@@ -249,7 +250,7 @@ class Archive:
             except Exception as exc:  # a damaged file loses its rows, not the registry
                 problems.append(f"archive file {path} unreadable ({exc}); skipped")
                 continue
-            self._add(int(seq), path, table)
+            self._add(int(seq), path, table, expired_before)
         self._bury_duplicates()
         pa.default_memory_pool().release_unused()
         return problems
@@ -288,7 +289,9 @@ class Archive:
             self.queue_names.append(queue)
         return code
 
-    def _add(self, seq: int, path: str, table: pa.Table) -> ArchiveFile:
+    def _add(
+        self, seq: int, path: str, table: pa.Table, expired_before: float = 0.0
+    ) -> ArchiveFile:
         # column-wise, no Python object per row: a restart reads a million rows in a second
         queue = _codes(table.column("queue"), self._code).astype(np.uint16)
         status = _codes(table.column("status"), STATUSES.index).astype(np.uint8)
@@ -304,6 +307,7 @@ class Archive:
         # copies, so Arrow's buffers (and the strings read with them) are freed
         hi = np.array(table.column("hi"), dtype=np.uint64)
         ended = np.array(table.column("ended_at"), dtype=np.float64)
+        status[ended < expired_before] = DEAD
         by_hi = np.argsort(hi, kind="stable").astype(np.uint32)
         created = np.array(table.column("created_at"), dtype=np.float64)
         file = ArchiveFile(
@@ -323,7 +327,8 @@ class Archive:
             out_row=np.array([r for _, _, r in found], dtype=np.uint32),
             descending=-created,
         )
-        self._count(queue, status, +1)
+        current = status != DEAD
+        self._count(queue[current], status[current], +1)
         self.files.append(file)
         self.next_seq = max(self.next_seq, seq + 1)
         return file
@@ -375,12 +380,16 @@ class Archive:
         self._replace(posixpath.join(self.root, f"{seq:016d}{INDEX_SUFFIX}"), buffer.getvalue())
         return Written(seq, path, index)
 
-    def mergeable(self) -> tuple[list[ArchiveFile], list[ArchiveFile]]:
+    def mergeable(self, expired_before: float) -> tuple[list[ArchiveFile], list[ArchiveFile]]:
         """(files with no current row, which go without a merge; the small files to merge
-        now): the `MERGE_FAN_IN` oldest of the smallest size tier that has that many."""
+        now): the `MERGE_FAN_IN` oldest of the smallest size tier that has that many. Files
+        past the retention (their newest task ended before `expired_before`) are left to
+        retention, which removes their outputs with them."""
         empty: list[ArchiveFile] = []
         tiers: dict[int, list[ArchiveFile]] = {}
         for file in self.files:
+            if file.newest_end < expired_before:
+                continue
             rows = len(file)
             if rows == 0:
                 empty.append(file)

@@ -281,7 +281,10 @@ class RegistryCore:
 
     async def _load_archive(self) -> None:
         archive = Archive(self.journal.fs, self.journal.root)  # a failed try leaves no rows
-        problems = await asyncio.to_thread(archive.load)
+        # rows past the retention read as gone, as they did before the restart: their task
+        # may have had a newer row in a file retention removed already
+        expired = time.time() - self.retention_seconds
+        problems = await asyncio.to_thread(archive.load, expired)
         # a final task stored again since it was archived (requeued, or a crash came between
         # its archive file and the journal's deletion): the copy in memory counts
         archive.bury_many(r.id for r in self.tasks.values() if r.status.is_final)
@@ -349,7 +352,7 @@ class RegistryCore:
         if due:
             self.retired = [(at, paths) for at, paths in self.retired if at > now - 60]
             await asyncio.to_thread(_remove_files, archive.fs, due)
-        empty, group = archive.mergeable()
+        empty, group = archive.mergeable(time.time() - self.retention_seconds)
         if group:
             current = [file.status != DEAD for file in group]
             written = await asyncio.to_thread(archive.merge, group, current)

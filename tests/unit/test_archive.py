@@ -451,12 +451,12 @@ def test_a_restart_answers_before_the_archive_is_read(
     tries: list[int] = []
     load = Archive.load
 
-    def slow_load(archive: Archive) -> list[str]:
+    def slow_load(archive: Archive, expired_before: float = 0.0) -> list[str]:
         tries.append(1)
         if len(tries) == 1:
             raise OSError("storage away")
         assert release.wait(20)
-        return load(archive)
+        return load(archive, expired_before)
 
     monkeypatch.setattr(Archive, "load", slow_load)
 
@@ -608,3 +608,28 @@ def test_small_archive_files_merge_and_every_read_stays_the_same(tmp_path: Path)
         assert {t: await reads.get(t) for t in ids} == seen["get"]
 
     run(tmp_path, after_a_crash)
+
+
+def test_a_restart_reads_rows_past_the_retention_as_gone(tmp_path: Path) -> None:
+    """As they read before it: their task may have had a newer row in a file retention
+    removed already, which would otherwise bring an older copy back."""
+    ids = [uid(n) for n in range(6)]
+
+    async def first(core: RegistryCore) -> None:
+        await fill(core, "q", ids)
+        for t in ids[:4]:  # ended two days ago: past the retention (a day)
+            core.tasks[t].ended_at = time.time() - 2 * 86400
+            core.stage(core.tasks[t])
+        await core.commits.commit()
+        assert await archive_all(core) == 6
+
+    run(tmp_path, first)
+
+    async def second(core: RegistryCore) -> None:
+        reads = Reads(core)
+        assert [await reads.get(t) is None for t in ids] == [True] * 4 + [False] * 2
+        assert await list_all(reads, None, None, 2) == [t for t in ids[::-1] if t in ids[4:]]
+        assert sum(reads.queue_stats()["q"]["by_status"].values()) == 2
+        assert core.archive.mergeable(time.time() - 86400) == ([], [])
+
+    run(tmp_path, second)
