@@ -605,9 +605,8 @@ class Archive:
         self._count(file.queue[current], file.status[current], -1)
         file.status[:] = DEAD
         self.files.remove(file)
-        opened = self._open.pop(file.seq, None)
-        if opened is not None:
-            opened.close()
+        # not closed here: a read in a thread may be at it; it closes once unreferenced
+        self._open.pop(file.seq, None)
 
     def __len__(self) -> int:
         return sum(len(f) for f in self.files)

@@ -105,7 +105,8 @@ class RegistryCore:
         #: ids of records held out of creation order (brought back from the archive); the
         #: others are held in the order they were made (and load in that order)
         self.out_of_order: set[str] = set()
-        #: archive files merged into others: (when, their paths), deleted a minute later
+        #: archive files merged into others or past the retention: (when, their paths),
+        #: deleted a minute later by `merge_archive`
         self.retired: list[tuple[float, list[str]]] = []
         #: ids of final records a call is working on (a requeue): the archive leaves them
         self.pinned: Counter[str] = Counter()
@@ -339,6 +340,9 @@ class RegistryCore:
                 self.archive.bury(rec.id)
         await self.commits.commit()
         return len(batch)
+
+    def retire(self, paths: list[str]) -> None:
+        self.retired.append((time.time(), paths))
 
     async def merge_archive(self) -> int:
         """Merge small archive files once (see `Archive.mergeable`); how many files went.

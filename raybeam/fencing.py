@@ -152,6 +152,13 @@ class StorageLease:
         self.valid_until = now + 0.75 * self.seconds
         return True
 
+    def give_up(self) -> None:
+        """Stop holding (and renewing) the lease: this registry found another one's journal
+        object where its own was to go, so it cannot write; the lease expires, and a
+        registry restarted loads what the other wrote."""
+        self.held = False
+        self.taken_by = self.taken_by or "a registry that wrote this registry's next journal key"
+
     def _taken(self, lease: dict[str, Any] | None) -> bool:
         self.held = False
         self.taken_by = (lease or {}).get("holder") or "another registry (the lease is gone)"

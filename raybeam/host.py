@@ -189,6 +189,10 @@ class Host(Protocol):
         """Merge small archive files once; how many files it merged away."""
         ...
 
+    def retire(self, paths: list[str]) -> None:
+        """Delete these archive files a minute from now (reads may be at them)."""
+        ...
+
     def may_write(self) -> bool:
         """Whether this registry may change storage now: it holds the storage's lease, and
         the lease is current (see fencing). Archive files and retention's deletions ask."""

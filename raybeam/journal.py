@@ -383,6 +383,8 @@ class GroupCommit:
         #: whether a write is safe now (the lease is current; see fencing): while allowed but
         #: not current, batches wait, staged, for the lease to be renewed
         self.current: Callable[[], bool] = lambda: True
+        #: called once a write found another registry's object at its key (SegmentExists)
+        self.fenced: Callable[[], None] = lambda: None
         #: what a caller is told once this registry may not write
         self.lost: Callable[[], str] = lambda: "this registry lost the storage's lease"
         self.waiters: list[asyncio.Future[None]] = []
@@ -430,6 +432,7 @@ class GroupCommit:
                 if isinstance(exc, StorageInUse):  # another registry writes here: stop for good
                     log.error("%s", exc)
                     self.allowed = lambda: False
+                    self.fenced()
                 else:  # a bug, not storage trouble
                     log.exception("could not write a batch of registry state")
                 for fut in waiters:

@@ -132,6 +132,7 @@ class Registry:
                     self.core.commits.allowed = lambda: self.storage_lease.held
                     self.core.commits.current = self.storage_lease.current
                     self.core.commits.lost = self._lost
+                    self.core.commits.fenced = self.storage_lease.give_up
                     self.core.spawn(self._renew_lease())
                     self.core.spawn(keep_the_collector_young())
                     self.started_up = True

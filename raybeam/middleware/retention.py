@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -48,15 +47,9 @@ class Retention(Middleware):
                 break
             forgotten += len(file)
             archive.drop(file)
-            await asyncio.to_thread(self._remove_files, file.paths)
+            self.host.retire(file.paths)  # deleted a minute on: a read may be at it now
             await asyncio.to_thread(self._remove_outputs, archive.folders(file))
         return forgotten
-
-    def _remove_files(self, paths: list[str]) -> None:
-        for path in paths:
-            # an index file may be missing: a crash came between the two writes
-            with contextlib.suppress(FileNotFoundError):
-                self.host.archive.fs.rm(path)
 
     def _remove_outputs(self, folders: set[str]) -> None:
         storage = self.host.storage

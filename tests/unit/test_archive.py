@@ -339,8 +339,13 @@ def test_retention_drops_whole_archive_files_and_their_outputs(tmp_path: Path) -
         await archive_all(core)
         retention = next(h for h in core.hooks if isinstance(h, Retention))
         # the first file's tasks are past the age, the second's not
+        dropped = core.archive.files[0].paths
         forgotten = await retention.purge(cutoff_age - 0.02)
         assert forgotten == 5 and len(core.archive.files) == 1
+        assert all(Path(p).exists() for p in dropped)  # for a minute: reads may be at them
+        core.retired = [(at - 61, paths) for at, paths in core.retired]
+        await core.merge_archive()
+        assert not any(Path(p).exists() for p in dropped)
         assert [await reads.get(t) for t in ids[:5]] == [None] * 5
         assert None not in [await reads.get(t) for t in ids[5:]]
         assert not list((tmp_path / "storage" / "outputs" / "q").glob("*"))

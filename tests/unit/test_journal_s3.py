@@ -183,17 +183,22 @@ def test_a_registry_whose_next_segment_is_taken_stops_writing(prefix: str, s3: A
 
     async def scenario() -> None:
         commits = GroupCommit(j, lambda: [], lambda: 0)
+        lease = StorageLease(j.fs, j.root, "cluster-a", "i1", seconds=30)
+        await asyncio.to_thread(lease.acquire)
+        commits.allowed, commits.fenced = (lambda: lease.held), lease.give_up
         runner = asyncio.get_running_loop().create_task(commits.run())
         commits.stage("task", "ours", 1)
         with pytest.raises(SegmentExists):
             await commits.commit()  # refused at once, not retried for ever
+        # and it gives its lease up (no more renewals): it cannot write, another one may
+        assert not lease.held and not await asyncio.to_thread(lease.renew)
         commits.stage("task", "ours", 2)
         with pytest.raises(StorageInUse):
             await commits.commit()
         runner.cancel()
 
     asyncio.run(scenario())
-    assert keys(s3, prefix) == [segment(1)]
+    assert [k for k in keys(s3, prefix) if k != "registry/lease"] == [segment(1)]
     assert s3.get_object(Bucket=BUCKET, Key=f"{prefix}/{segment(1)}")["Body"].read() == foreign
 
 
