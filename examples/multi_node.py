@@ -189,9 +189,11 @@ def run(cluster: LocalCluster) -> None:
         say(f"node {name} joined in {time.monotonic() - t0:.1f} s: {cluster.nodes[name].resources}")
 
     join("gpu", num_cpus=1, num_gpus=1, resources={"accelerator_type:A10G": 1})
-    # 4 CPUs: with one task running it stays under Ray's spread threshold (half its CPUs),
-    # so it has room beyond doubt and Ray's scheduler keeps CPU tasks off the GPU node
-    join("cpu", num_cpus=4)
+    # 8 logical CPUs: with two or three tasks running it stays under Ray's spread threshold
+    # (half its CPUs), so it has room beyond doubt and Ray's scheduler keeps CPU tasks off
+    # the GPU node (with 4, a full-suite run once met two 0.5 s tasks at the threshold, and
+    # one went to the GPU node)
+    join("cpu", num_cpus=8)
 
     def name_of(node: str) -> str:
         return next(name for name, known in node_ids.items() if known == node)
