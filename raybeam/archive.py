@@ -133,7 +133,7 @@ def list_key(rec: TaskRecord) -> Key:
     return (rec.created_at, *halves)
 
 
-@dataclass
+@dataclass(eq=False)  # one object per file: compared by identity
 class ArchiveFile:
     seq: int
     path: str
@@ -151,6 +151,8 @@ class ArchiveFile:
     out_hi: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     out_lo: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
     out_row: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.uint32))
+    #: rows read as gone at load, past the retention: the file is left to retention
+    expired_rows: bool = False
     #: -created, ascending: what a cursor's binary search needs, made once
     descending: np.ndarray = field(default_factory=lambda: np.empty(0))
 
@@ -307,7 +309,8 @@ class Archive:
         # copies, so Arrow's buffers (and the strings read with them) are freed
         hi = np.array(table.column("hi"), dtype=np.uint64)
         ended = np.array(table.column("ended_at"), dtype=np.float64)
-        status[ended < expired_before] = DEAD
+        expired = ended < expired_before
+        status[expired] = DEAD
         by_hi = np.argsort(hi, kind="stable").astype(np.uint32)
         created = np.array(table.column("created_at"), dtype=np.float64)
         file = ArchiveFile(
@@ -326,6 +329,7 @@ class Archive:
             out_lo=np.array([lo for _, lo, _ in found], dtype=np.uint64),
             out_row=np.array([r for _, _, r in found], dtype=np.uint32),
             descending=-created,
+            expired_rows=bool(expired.any()),
         )
         current = status != DEAD
         self._count(queue[current], status[current], +1)
@@ -388,8 +392,8 @@ class Archive:
         empty: list[ArchiveFile] = []
         tiers: dict[int, list[ArchiveFile]] = {}
         for file in self.files:
-            if file.newest_end < expired_before:
-                continue
+            if file.newest_end < expired_before or file.expired_rows:
+                continue  # retention's: it removes their outputs with them
             rows = len(file)
             if rows == 0:
                 empty.append(file)
@@ -407,18 +411,32 @@ class Archive:
                     return empty, group
         return empty, []
 
-    def merge(self, files: list[ArchiveFile], current: list[np.ndarray]) -> Written:
+    def merge(
+        self, files: list[ArchiveFile], current: list[np.ndarray], expired_before: float
+    ) -> tuple[Written | None, set[str]]:
         """One new file of the rows of `files` that `current` (a mask per file, taken on the
-        registry's loop) keeps, in list order. Blocking: run in a thread, then `adopt`."""
-        parts = []
+        registry's loop) keeps, in list order, none of them past the retention (ended
+        before `expired_before`); and the output folders of the rows past it, which the
+        caller removes (as retention would have with their file). Blocking: run in a
+        thread, then `adopt`."""
+        parts, expired = [], set()
         for file, keep in zip(files, current, strict=True):
             with self.fs.open(file.path, "rb") as f:
-                parts.append(pq.read_table(f).filter(pa.array(keep)))
+                table = pq.read_table(f)
+            old = np.array(table.column("ended_at"), dtype=np.float64) < expired_before
+            for row in np.nonzero(old & np.array(pc.is_valid(table.column("outputs"))))[0]:
+                expired.add(
+                    f"outputs/{table.column('queue')[int(row)].as_py()}/"
+                    f"{table.column('id')[int(row)].as_py()}"
+                )
+            parts.append(table.filter(pa.array(keep & ~old)))
         table = pa.concat_tables(parts)
+        if not len(table):
+            return None, expired
         order = pc.sort_indices(
             table, [("created_at", "descending"), ("hi", "descending"), ("lo", "descending")]
         )
-        return self._write_table(table.take(order))
+        return self._write_table(table.take(order)), expired
 
     def adopt(self, written: Written) -> ArchiveFile:
         """Index a file that `write` stored. (An older archived copy of one of its tasks is
@@ -430,12 +448,17 @@ class Archive:
         """Create the file whole, FileExistsError if it exists: a file is never replaced,
         even by a registry that lost the lease. Locally a link of a finished, fsync'ed
         temporary file; on an object store one conditional PUT."""
-        if not self.local:
-            self.fs.pipe_file(path, data, mode="create")
-            return
-        path = self.fs._strip_protocol(path)
-        os.makedirs(posixpath.dirname(path), exist_ok=True)
-        create_durably(path, data)
+        try:
+            if not self.local:
+                self.fs.pipe_file(path, data, mode="create")
+                return
+            local = self.fs._strip_protocol(path)
+            os.makedirs(posixpath.dirname(local), exist_ok=True)
+            create_durably(local, data)
+        except FileExistsError:
+            # a PUT whose answer was lost, retried, finds its own bytes: no conflict
+            if bytes(self.fs.cat_file(path)) != data:
+                raise
 
     def _replace(self, path: str, data: bytes) -> None:
         """Put the file whole (an index, which its data file's number makes this one's)."""
@@ -600,7 +623,10 @@ class Archive:
         return [f for f in self.files if f.newest_end < cutoff]
 
     def drop(self, file: ArchiveFile) -> None:
-        """Forget a file (retention); the caller deletes it, then its tasks' outputs."""
+        """Forget a file (retention, a merge); the caller deletes it, and retention its
+        tasks' outputs. A file forgotten already (by the other of the two) is left."""
+        if file not in self.files:
+            return
         current = file.status != DEAD
         self._count(file.queue[current], file.status[current], -1)
         file.status[:] = DEAD

@@ -356,20 +356,26 @@ class RegistryCore:
         if due:
             self.retired = [(at, paths) for at, paths in self.retired if at > now - 60]
             await asyncio.to_thread(_remove_files, archive.fs, due)
-        empty, group = archive.mergeable(time.time() - self.retention_seconds)
+        expired_before = time.time() - self.retention_seconds
+        empty, group = archive.mergeable(expired_before)
         if group:
             current = [file.status != DEAD for file in group]
-            written = await asyncio.to_thread(archive.merge, group, current)
-            merged = archive.adopt(written)
-            for file, kept in zip(group, current, strict=True):
-                # a row brought back to memory while the merge ran is not current there now
-                for row in np.nonzero(kept & (file.status == DEAD))[0]:
-                    place = merged.find(int(file.hi[row]), int(file.lo[row]))
-                    if place is not None:
-                        archive._bury(merged, place)
+            written, expired = await asyncio.to_thread(
+                archive.merge, group, current, expired_before
+            )
+            if written is not None:
+                merged = archive.adopt(written)
+                for file, kept in zip(group, current, strict=True):
+                    # a row brought back to memory while the merge ran is not current now
+                    for row in np.nonzero(kept & (file.status == DEAD))[0]:
+                        place = merged.find(int(file.hi[row]), int(file.lo[row]))
+                        if place is not None:
+                            archive._bury(merged, place)
+            if expired and self.may_write():  # rows the merge left out, past the retention
+                await asyncio.to_thread(_remove_folders, self.storage, expired)
         for file in [*empty, *group]:
-            archive.drop(file)
-            self.retired.append((now, file.paths))
+            archive.drop(file)  # (a file retention dropped meanwhile is left)
+            self.retire(file.paths)
         return len(empty) + len(group)
 
     def _made_before(self, cutoff: float) -> Iterable[TaskRecord]:
@@ -397,14 +403,23 @@ class RegistryCore:
         in memory already or brought back, by id."""
         await self.archived()
         wanted = list(dict.fromkeys(task_ids))
-        places = {
-            t: found for t in wanted if t not in self.tasks and (found := self.archive.locate(t))
-        }
+        for _ in range(3):  # a file merged or dropped while its rows were read: again
+            if not await self._unarchive([t for t in wanted if t not in self.tasks]):
+                break
+        return {t: held for t in wanted if (held := self.tasks.get(t)) is not None}
+
+    async def _unarchive(self, task_ids: list[str]) -> bool:
+        """Bring `task_ids` back from the archive; whether a row read went meanwhile."""
+        places = {t: found for t in task_ids if (found := self.archive.locate(t))}
         read = await asyncio.to_thread(self.archive.read_rows, list(places.values()))
+        missed = False
         for (rec, payload), task_id in zip(read, places, strict=True):
             file, row = places[task_id]
-            if task_id in self.tasks or file.status[row] == DEAD:
-                continue  # brought back, or its file dropped, while the rows were read
+            if task_id in self.tasks:
+                continue  # brought back by another call while the rows were read
+            if file.status[row] == DEAD:
+                missed = True  # its file merged or dropped: its row is elsewhere, or gone
+                continue
             self.archive.bury(task_id)
             self.tasks[rec.id] = rec
             self.out_of_order.add(rec.id)
@@ -415,7 +430,7 @@ class RegistryCore:
                 self.payloads[rec.id] = payload
                 self.commits.stage("payload", rec.id, payload)
             self.stage(rec)
-        return {t: held for t in wanted if (held := self.tasks.get(t)) is not None}
+        return missed
 
     def start(
         self,
@@ -649,3 +664,12 @@ def _remove_files(fs: Any, paths: list[str]) -> None:
             pass
         except Exception:
             log.warning("could not remove archive file %s", path, exc_info=True)
+
+
+def _remove_folders(storage: Any, folders: set[str]) -> None:
+    for folder in folders:
+        try:
+            if storage.exists(folder):
+                storage.rm(folder, recursive=True)
+        except Exception:
+            log.warning("could not remove outputs in %s", folder, exc_info=True)

@@ -57,8 +57,9 @@ State = dict[tuple[str, str], Any]
 #: writes it again)
 SNAPSHOT_AFTER = 4
 #: on an object store, where each batch is an object a restart fetches, a snapshot is also
-#: made once this many batches were written since the last one, whatever they held (light
-#: traffic beside many live tasks made small batches, up to 4 x live of them)
+#: made once this many batches (or one per 100 live entries, if more) were written since the
+#: last one, whatever they held (light traffic beside many live tasks made small batches, up
+#: to 4 x live of them)
 SNAPSHOT_OBJECTS = 1_000
 #: live entries serialised for a snapshot between two turns of the registry's event loop
 SNAPSHOT_CHUNK = 500
@@ -449,7 +450,10 @@ class GroupCommit:
             # to the changes, and a restart reads at most that many entries per one held
             due = self.entries_since_snapshot >= max(
                 self.snapshot_min, SNAPSHOT_AFTER * self.live()
-            ) or (not self.journal.local and self.batches_since_snapshot >= SNAPSHOT_OBJECTS)
+            ) or (
+                not self.journal.local
+                and self.batches_since_snapshot >= max(SNAPSHOT_OBJECTS, self.live() // 100)
+            )
             if due and self.compacting is None:
                 self.entries_since_snapshot = self.batches_since_snapshot = 0
                 self.compacting = asyncio.get_running_loop().create_task(self._compact())
@@ -461,6 +465,10 @@ class GroupCommit:
         text = codec.batch_line([(t, k, encode(t, v)) for (t, k), v in batch.items()])
         delay = 0.1
         while batch:  # a commit with nothing staged writes nothing
+            while self.allowed() and not self.current():  # lapsed while retrying: wait
+                await asyncio.sleep(0.05)
+            if not self.allowed():
+                raise StorageInUse(self.lost())
             try:
                 # one small write to an open file needs no thread hop; an fsync (a millisecond
                 # or more) or an object store would hold the registry's loop

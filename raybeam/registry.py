@@ -163,12 +163,14 @@ class Registry:
         )
 
     async def _renew_lease(self) -> None:
-        while self.storage_lease.held:
-            await asyncio.sleep(self.storage_lease.seconds / 3)
+        lease = self.storage_lease
+        while lease.held:  # at once first: loading the state may have taken a while
             try:
-                await asyncio.to_thread(self.storage_lease.renew)
+                await asyncio.to_thread(lease.renew)
             except Exception:  # storage away: try again; the lease outlives a few misses
                 log.warning("could not renew the storage's lease", exc_info=True)
+            # a lapsed lease holds every write back: try again soon
+            await asyncio.sleep(lease.seconds / 3 if lease.current() else 0.5)
 
     async def ping(self) -> dict[str, Any]:
         """Live tasks held, and what could not be read: `load_problems` holds the archive's

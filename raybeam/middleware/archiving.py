@@ -11,6 +11,8 @@ log = logging.getLogger("raybeam.archive")
 
 #: SPEC §11: a record moves within this many seconds of being due
 LATEST = 30.0
+#: merges of small archive files after each sweep, at most (each reads 8 files, writes one)
+MERGES = 4
 
 
 class Archiving(Middleware):
@@ -25,7 +27,8 @@ class Archiving(Middleware):
             try:
                 while await self.host.archive_ended(after):
                     pass  # a backlog goes out file by file
-                while await self.host.merge_archive():
-                    pass  # small files merge, tier by tier
+                for _ in range(MERGES):  # small files merge, a few a sweep, so that
+                    if not await self.host.merge_archive():  # archiving keeps its pace
+                        break
             except Exception:
                 log.exception("archiving failed; trying again in %.0f s", interval)

@@ -45,6 +45,8 @@ class Retention(Middleware):
         for file in archive.expired(cutoff):
             if not self.host.may_write():
                 break
+            if file not in archive.files:
+                continue  # merged away while outputs were removed: its rows went with it
             forgotten += len(file)
             archive.drop(file)
             self.host.retire(file.paths)  # deleted a minute on: a read may be at it now

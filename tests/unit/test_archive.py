@@ -638,3 +638,37 @@ def test_a_restart_reads_rows_past_the_retention_as_gone(tmp_path: Path) -> None
         assert core.archive.mergeable(time.time() - 86400) == ([], [])
 
     run(tmp_path, second)
+
+
+def test_a_merge_leaves_rows_past_the_retention_out_with_their_outputs(tmp_path: Path) -> None:
+    ids = [uid(n) for n in range(16)]
+    folder = tmp_path / "storage" / "outputs" / "q" / ids[0]
+
+    async def scenario(core: RegistryCore) -> None:
+        reads = Reads(core)
+        for start in range(0, 16, 2):  # eight small files
+            await fill(core, "q", ids[start : start + 2])
+            if start == 0:  # the first task ended two days ago, and saved a file
+                rec = core.tasks[ids[0]]
+                rec.ended_at = time.time() - 2 * 86400
+                key = f"outputs/q/{ids[0]}/{uuid.uuid4().hex}/a.txt"
+                core.storage.put_bytes(key, b"x")
+                rec.outputs = [{"id": key.split("/")[3], "name": "a.txt", "key": key, "size": 1}]
+                core.stage(rec)
+                await core.commits.commit()
+            await archive_all(core)
+        assert folder.exists() and await reads.get(ids[0]) is not None
+        first = core.archive.files[0]
+        assert await core.merge_archive() == 8
+        assert [len(f) for f in core.archive.files] == [15]
+        assert await reads.get(ids[0]) is None and not folder.exists()
+        assert None not in [await reads.get(t) for t in ids[1:]]
+        stats = reads.queue_stats()
+        core.archive.drop(first)  # dropped already (by the merge): left as it is
+        assert (
+            reads.queue_stats()
+            == stats
+            == {"q": {**stats["q"], "by_status": {"COMPLETE": 7, "FAILED": 8}}}
+        )
+
+    run(tmp_path, scenario)
