@@ -497,6 +497,9 @@ class GroupCommit:
                 entries = [(t, k, self.encode(t, v)) for t, k, v in chunk]
                 parts.append(codec.dumps_each(entries))
                 await asyncio.sleep(0)  # calls and batches go on between chunks
+            if not (self.allowed() and self.current()):  # lapsed or fenced meanwhile
+                log.warning("registry snapshot skipped: the storage's lease is not current")
+                return
             await asyncio.to_thread(self.journal.write_snapshot, parts, seq)
         except Exception:
             log.exception("could not write a registry snapshot; the journal stays as it is")
