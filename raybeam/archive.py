@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from raybeam import codec
-from raybeam.journal import create_durably, replace_durably
+from raybeam.journal import create_once, replace_durably
 from raybeam.record import TaskRecord, TaskStatus
 
 log = logging.getLogger("raybeam.archive")
@@ -300,12 +300,15 @@ class Archive:
         # outputs by id, as numbers (a dict of their keys took 250 bytes an output)
         files = table.column("outputs")
         stored = np.array(pc.is_valid(files), dtype=bool)
-        found: list[tuple[int, int, int]] = []
+        out_hi, out_lo, out_row = [], [], []
         for row in np.nonzero(stored)[0]:
             for output_id in json.loads(files[int(row)].as_py()):
                 if (halves := output_halves(output_id)) is not None:
-                    found.append((*halves, int(row)))
-        found.sort()
+                    out_hi.append(halves[0])
+                    out_lo.append(halves[1])
+                    out_row.append(int(row))
+        outs = np.array(out_hi, dtype=np.uint64), np.array(out_lo, dtype=np.uint64)
+        by_output = np.lexsort((outs[1], outs[0]))
         # copies, so Arrow's buffers (and the strings read with them) are freed
         hi = np.array(table.column("hi"), dtype=np.uint64)
         ended = np.array(table.column("ended_at"), dtype=np.float64)
@@ -325,9 +328,9 @@ class Archive:
             by_hi=by_hi,
             sorted_hi=hi[by_hi],
             stored=stored,
-            out_hi=np.array([h for h, _, _ in found], dtype=np.uint64),
-            out_lo=np.array([lo for _, lo, _ in found], dtype=np.uint64),
-            out_row=np.array([r for _, _, r in found], dtype=np.uint32),
+            out_hi=outs[0][by_output],
+            out_lo=outs[1][by_output],
+            out_row=np.array(out_row, dtype=np.uint32)[by_output],
             descending=-created,
             expired_rows=bool(expired.any()),
         )
@@ -373,7 +376,7 @@ class Archive:
             self.next_seq += 1
             path = posixpath.join(self.root, f"{seq:016d}.parquet")
             try:
-                self._create(path, data)
+                create_once(self.fs, path, data)  # never replaces a file there
                 break
             except FileExistsError:
                 log.warning("archive file %s exists already; this batch takes the next", path)
@@ -443,22 +446,6 @@ class Archive:
         dead already: it died when the task came back to memory, or when the registry found
         the task both in memory and in the archive at its start.)"""
         return self._add(written.seq, written.path, written.index)
-
-    def _create(self, path: str, data: bytes) -> None:
-        """Create the file whole, FileExistsError if it exists: a file is never replaced,
-        even by a registry that lost the lease. Locally a link of a finished, fsync'ed
-        temporary file; on an object store one conditional PUT."""
-        try:
-            if not self.local:
-                self.fs.pipe_file(path, data, mode="create")
-                return
-            local = self.fs._strip_protocol(path)
-            os.makedirs(posixpath.dirname(local), exist_ok=True)
-            create_durably(local, data)
-        except FileExistsError:
-            # a PUT whose answer was lost, retried, finds its own bytes: no conflict
-            if bytes(self.fs.cat_file(path)) != data:
-                raise
 
     def _replace(self, path: str, data: bytes) -> None:
         """Put the file whole (an index, which its data file's number makes this one's)."""

@@ -372,7 +372,7 @@ class RegistryCore:
                         if place is not None:
                             archive._bury(merged, place)
             if expired and self.may_write():  # rows the merge left out, past the retention
-                await asyncio.to_thread(_remove_folders, self.storage, expired)
+                await asyncio.to_thread(self.storage.remove_folders, expired)
         for file in [*empty, *group]:
             archive.drop(file)  # (a file retention dropped meanwhile is left)
             self.retire(file.paths)
@@ -664,12 +664,3 @@ def _remove_files(fs: Any, paths: list[str]) -> None:
             pass
         except Exception:
             log.warning("could not remove archive file %s", path, exc_info=True)
-
-
-def _remove_folders(storage: Any, folders: set[str]) -> None:
-    for folder in folders:
-        try:
-            if storage.exists(folder):
-                storage.rm(folder, recursive=True)
-        except Exception:
-            log.warning("could not remove outputs in %s", folder, exc_info=True)

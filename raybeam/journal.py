@@ -98,19 +98,14 @@ class Journal:
         replace_durably(self.fs._strip_protocol(path), raw)
 
     def _create(self, path: str, raw: bytes) -> None:
-        """Create an object that must not exist yet, `SegmentExists` when it does. On S3 this
-        is one conditional PUT, where a temporary key, its copy and its removal took five
-        requests more. s3fs and botocore retry a PUT whose answer was lost, and so does
-        `GroupCommit`; such a retry finds its own bytes there, which is no conflict."""
+        """Create an object that must not exist yet (`create_once`), `SegmentExists` when it
+        does. On S3 this is one conditional PUT, where a temporary key, its copy and its
+        removal took five requests more."""
         try:
-            self.fs.pipe_file(path, raw, mode="create")
+            create_once(self.fs, path, raw)
             return
         except FileExistsError:
-            try:
-                if bytes(self.fs.cat_file(path)) == raw:
-                    return
-            except FileNotFoundError:  # removed since by the other writer's compaction
-                pass
+            pass
         raise SegmentExists(
             f"{path} exists already: another registry writes to this storage (journal objects "
             "are never overwritten); this registry stops writing. Stop the other one, or point "
@@ -297,6 +292,27 @@ def _changes(value: Any) -> list[tuple[tuple[str, str], Any]]:
     return out
 
 
+def create_once(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Create `path` whole with `data`, FileExistsError if it holds other bytes already: a
+    link of a finished, fsync'ed temporary file locally (`create_durably`), one conditional
+    PUT on an object store. A retried create (s3fs, botocore and `GroupCommit` retry a PUT
+    whose answer was lost) finds its own bytes there, which is no conflict."""
+    try:
+        if not isinstance(fs, LocalFileSystem):
+            fs.pipe_file(path, data, mode="create")
+            return
+        local = fs._strip_protocol(path)
+        os.makedirs(posixpath.dirname(local), exist_ok=True)
+        create_durably(local, data)
+    except FileExistsError:
+        try:
+            if bytes(fs.cat_file(path)) == data:
+                return
+        except FileNotFoundError:  # removed since (by the other writer's compaction)
+            pass
+        raise
+
+
 def create_durably(path: str, data: bytes) -> None:
     """`replace_durably` of a `path` that must not exist yet: FileExistsError if it does
     (the name is linked to the finished temporary file, which a link never replaces)."""
@@ -416,8 +432,6 @@ class GroupCommit:
                 continue
             while self.held:
                 await asyncio.sleep(0.02)
-            while self.allowed() and not self.current():
-                await asyncio.sleep(0.05)
             if not self.allowed():  # fenced: another registry holds the storage now
                 batch, waiters = self.staged, self.waiters
                 self.staged, self.waiters = {}, []

@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import IO, Any
 from urllib.parse import urlencode
 
@@ -144,6 +145,16 @@ class Storage:
 
     def rm(self, key: str, recursive: bool = False) -> None:
         self.fs.rm(self.path(key), recursive=recursive)
+
+    def remove_folders(self, folders: Iterable[str]) -> None:
+        """Remove these folders (tasks' outputs) and what they hold; one that cannot be
+        removed is logged and left. Blocking: run in a thread."""
+        for folder in folders:
+            try:
+                if self.exists(folder):
+                    self.rm(folder, recursive=True)
+            except Exception:
+                logger.warning("could not remove outputs in %s", folder, exc_info=True)
 
     def find_output(self, output_id: str, path: str | None = None) -> str | None:
         """The key of the output with this id (`outputs/<queue>/<task_id>/<output_id>/<name>`).

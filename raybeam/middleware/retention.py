@@ -38,7 +38,7 @@ class Retention(Middleware):
         if old:
             await self.host.persist()
             folders = {f"outputs/{r.queue}/{r.id}" for r in old if r.outputs or r.result_key}
-            await asyncio.to_thread(self._remove_outputs, folders)
+            await asyncio.to_thread(self.host.storage.remove_folders, folders)
         # archive files go whole, once their newest task is past the retention
         archive = await self.host.archived()
         forgotten = len(old)
@@ -50,14 +50,5 @@ class Retention(Middleware):
             forgotten += len(file)
             archive.drop(file)
             self.host.retire(file.paths)  # deleted a minute on: a read may be at it now
-            await asyncio.to_thread(self._remove_outputs, archive.folders(file))
+            await asyncio.to_thread(self.host.storage.remove_folders, archive.folders(file))
         return forgotten
-
-    def _remove_outputs(self, folders: set[str]) -> None:
-        storage = self.host.storage
-        for folder in folders:
-            try:
-                if storage.exists(folder):
-                    storage.rm(folder, recursive=True)
-            except Exception:
-                log.warning("could not remove outputs in %s", folder, exc_info=True)
